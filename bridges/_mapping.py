@@ -1,0 +1,149 @@
+"""Declarative checkpoint name maps, usable in both directions (MaxText style).
+
+A model's bridge is a table of ``Rule(torch_key, flax_key, transform)``; ``{i}`` stands for a
+layer index. Transforms are small named hooks, each with its exact inverse, so
+PyTorch -> Flax -> PyTorch returns identical tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+
+def _linear_to_flax(w):
+    return np.ascontiguousarray(w.T)  # torch Linear [out, in] -> flax kernel [in, out]
+
+
+def _conv1x1_to_flax(w):
+    return np.ascontiguousarray(w[:, :, 0].T)  # Conv1d(k=1) [out, in, 1] -> [in, out]
+
+
+def _conv1x1_to_torch(w):
+    return np.ascontiguousarray(w.T[:, :, None])
+
+
+TRANSFORMS = {
+    # name: (torch -> flax, flax -> torch)
+    "identity": (lambda w: w, lambda w: w),
+    "linear": (_linear_to_flax, _linear_to_flax),
+    "conv1x1": (_conv1x1_to_flax, _conv1x1_to_torch),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    torch_key: str
+    flax_key: str
+    transform: str = "identity"
+
+
+class CheckpointKeyError(KeyError):
+    """Raised with the full list of missing, unexpected and mis-shaped keys."""
+
+    def __init__(self, missing=(), unexpected=(), misshaped=()):
+        self.missing, self.unexpected, self.misshaped = (
+            list(missing),
+            list(unexpected),
+            list(misshaped),
+        )
+        parts = []
+        if self.missing:
+            parts.append(f"missing keys ({len(self.missing)}): {self.missing}")
+        if self.unexpected:
+            parts.append(f"unexpected keys ({len(self.unexpected)}): {self.unexpected}")
+        if self.misshaped:
+            shown = [f"{k}: checkpoint {a} vs expected {b}" for k, a, b in self.misshaped]
+            parts.append(f"mis-shaped keys ({len(self.misshaped)}): {shown}")
+        super().__init__("checkpoint does not match the model; " + "; ".join(parts))
+
+    def __str__(self):  # KeyError would repr() the message
+        return self.args[0]
+
+
+def expand_rules(rules: Iterable[Rule], n_layers: int) -> list[Rule]:
+    """Concrete rules; a run of per-layer rules is expanded layer-major (all of layer 0, then
+    layer 1, ...), the order in which torch registers them."""
+    out: list[Rule] = []
+    run: list[Rule] = []
+    for rule in [*rules, None]:
+        if rule is not None and "{i}" in rule.torch_key:
+            run.append(rule)
+            continue
+        for i in range(n_layers):
+            out.extend(
+                Rule(r.torch_key.format(i=i), r.flax_key.format(i=i), r.transform) for r in run
+            )
+        run = []
+        if rule is not None:
+            out.append(rule)
+    return out
+
+
+def flatten(tree: Mapping, prefix=()) -> dict[tuple, np.ndarray]:
+    """Nested dict -> {key tuple: leaf}; keys keep their type (nnx.List indices are ints)."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def unflatten(flat: Mapping[tuple, object]) -> dict:
+    out: dict = {}
+    for path, v in flat.items():
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = v
+    return out
+
+
+def dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def torch_to_flax(
+    state_dict: Mapping[str, np.ndarray],
+    rules: list[Rule],
+    flax_template: Mapping,
+) -> dict:
+    """Map a torch state dict onto a nested Flax pure-dict shaped like ``flax_template``.
+
+    Every problem is collected first and reported together, never one at a time.
+    """
+    by_dotted = {dotted(p): p for p in flatten(flax_template)}
+    template = {dotted(p): v for p, v in flatten(flax_template).items()}
+    expected = {r.torch_key for r in rules}
+    missing = sorted(expected - set(state_dict))
+    unexpected = sorted(set(state_dict) - expected)
+    misshaped, out = [], {}
+    for rule in rules:
+        if rule.torch_key not in state_dict:
+            continue
+        value = TRANSFORMS[rule.transform][0](np.asarray(state_dict[rule.torch_key]))
+        want = tuple(np.shape(template[rule.flax_key]))
+        if tuple(value.shape) != want:
+            shape = tuple(np.shape(state_dict[rule.torch_key]))
+            torch_want = tuple(TRANSFORMS[rule.transform][1](np.zeros(want)).shape)
+            misshaped.append((rule.torch_key, shape, torch_want))
+            continue
+        out[by_dotted[rule.flax_key]] = value.astype(np.asarray(template[rule.flax_key]).dtype)
+    if missing or unexpected or misshaped:
+        raise CheckpointKeyError(missing, unexpected, misshaped)
+    not_covered = sorted(set(template) - {r.flax_key for r in rules})
+    if not_covered:  # a bug in the table, not in the checkpoint
+        raise AssertionError(f"bridge table does not cover Flax parameters {not_covered}")
+    return unflatten(out)
+
+
+def flax_to_torch(flax_params: Mapping, rules: list[Rule]) -> dict[str, np.ndarray]:
+    flat = {dotted(p): np.asarray(v) for p, v in flatten(flax_params).items()}
+    unknown = sorted(set(flat) - {r.flax_key for r in rules})
+    if unknown:
+        raise AssertionError(f"bridge table does not cover Flax parameters {unknown}")
+    return {r.torch_key: TRANSFORMS[r.transform][1](flat[r.flax_key]) for r in rules}

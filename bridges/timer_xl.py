@@ -1,0 +1,154 @@
+"""OpenLTM Timer-XL checkpoints (``checkpoint.pth``) <-> jaxts ``TimerXL``.
+
+The name table below is the whole mapping; ``bridges._mapping`` applies it in either direction.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from bridges._mapping import Rule, expand_rules, flax_to_torch, torch_to_flax
+from jaxts.models.timer_xl import TimerXL, TimerXLConfig
+
+_LAYER = "blocks.attn_layers.{i}"
+
+# In the order torch registers the modules, so exported state dicts keep OpenLTM's key order.
+RULES = [
+    Rule("embedding.weight", "embedding.kernel", "linear"),
+    Rule("embedding.bias", "embedding.bias"),
+    Rule(
+        f"{_LAYER}.attention.inner_attention.attn_bias.emb.weight",
+        f"{_LAYER}.attention.inner_attention.attn_bias.emb.embedding",
+    ),
+    *[
+        Rule(f"{_LAYER}.attention.{p}_projection.{t}", f"{_LAYER}.attention.{p}_projection.{f}", tr)
+        for p in ("query", "key", "value", "out")
+        for t, f, tr in (("weight", "kernel", "linear"), ("bias", "bias", "identity"))
+    ],
+    Rule(f"{_LAYER}.conv1.weight", f"{_LAYER}.conv1.kernel", "conv1x1"),
+    Rule(f"{_LAYER}.conv1.bias", f"{_LAYER}.conv1.bias"),
+    Rule(f"{_LAYER}.conv2.weight", f"{_LAYER}.conv2.kernel", "conv1x1"),
+    Rule(f"{_LAYER}.conv2.bias", f"{_LAYER}.conv2.bias"),
+    *[
+        Rule(f"{_LAYER}.{n}.{t}", f"{_LAYER}.{n}.{f}")
+        for n in ("norm1", "norm2")
+        for t, f in (("weight", "scale"), ("bias", "bias"))
+    ],
+    Rule("blocks.norm.weight", "blocks.norm.scale"),
+    Rule("blocks.norm.bias", "blocks.norm.bias"),
+    Rule("head.weight", "head.kernel", "linear"),
+    Rule("head.bias", "head.bias"),
+]
+
+# Not recoverable from tensor shapes: they change the computation but own no parameters.
+_SHAPELESS = ("use_norm", "activation", "covariate", "dropout")
+
+
+def load_state_dict(path_or_state_dict) -> dict[str, np.ndarray]:
+    """A ``.pth`` path (loaded with ``weights_only=True``) or a mapping -> numpy state dict.
+
+    Strips the ``module.`` prefix that DDP/DataParallel training adds to every key.
+    """
+    if isinstance(path_or_state_dict, (str, Path)):
+        import torch  # optional dependency, only needed to read .pth files
+
+        path = Path(path_or_state_dict)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} not found")
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+            sd = sd["state_dict"]
+    else:
+        sd = path_or_state_dict
+    if not isinstance(sd, Mapping):
+        raise TypeError(f"expected a state dict mapping, got {type(sd).__name__}")
+    out = {}
+    for k, v in sd.items():
+        k = k[len("module.") :] if k.startswith("module.") else k
+        if hasattr(v, "detach"):
+            v = v.detach().cpu().float().numpy() if v.is_floating_point() else v.cpu().numpy()
+        out[k] = np.asarray(v)
+    return out
+
+
+def infer_config(state_dict: Mapping[str, np.ndarray], **shapeless) -> TimerXLConfig:
+    """Read every shape-determined field from the tensors; the rest come from ``shapeless``
+    (``use_norm`` is required: guessing it wrong silently changes every forecast)."""
+    try:
+        d_model, input_token_len = state_dict["embedding.weight"].shape
+        output_token_len = state_dict["head.weight"].shape[0]
+        n_heads = state_dict[
+            "blocks.attn_layers.0.attention.inner_attention.attn_bias.emb.weight"
+        ].shape[1]
+        d_ff = state_dict["blocks.attn_layers.0.conv1.weight"].shape[0]
+    except KeyError as e:
+        raise KeyError(f"cannot infer the Timer-XL config: checkpoint lacks {e}") from None
+    layers = {
+        int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.attn_layers\.(\d+)\.", k))
+    }
+    unknown = sorted(set(shapeless) - set(_SHAPELESS))
+    if unknown:
+        raise ValueError(f"unknown config overrides {unknown}; allowed: {list(_SHAPELESS)}")
+    if shapeless.get("use_norm") is None:
+        raise ValueError(
+            "an OpenLTM checkpoint does not record use_norm (instance normalisation has no "
+            "parameters); pass use_norm=True (OpenLTM's --use_norm, used by its ETT scripts) or "
+            "use_norm=False, or pass a full config"
+        )
+    extra = {k: v for k, v in shapeless.items() if v is not None}
+    return TimerXLConfig(
+        input_token_len=int(input_token_len),
+        output_token_len=int(output_token_len),
+        d_model=int(d_model),
+        n_heads=int(n_heads),
+        e_layers=max(layers) + 1 if layers else 0,
+        d_ff=int(d_ff),
+        **extra,
+    )
+
+
+def from_openltm(
+    path_or_state_dict,
+    config: TimerXLConfig | None = None,
+    *,
+    rngs: nnx.Rngs | None = None,
+    **shapeless,
+) -> TimerXL:
+    """Build a ``TimerXL`` holding the weights of an OpenLTM Timer-XL checkpoint.
+
+    ``config`` None: inferred from shapes plus ``shapeless`` overrides (``use_norm`` required,
+    ``activation``/``covariate``/``dropout`` default to OpenLTM's argument defaults).
+    Raises ``CheckpointKeyError`` listing missing, unexpected and mis-shaped keys.
+    """
+    sd = load_state_dict(path_or_state_dict)
+    if config is None:
+        config = infer_config(sd, **shapeless)
+    elif shapeless:
+        raise ValueError("pass either a config or keyword overrides, not both")
+    model = TimerXL(config, rngs=rngs or nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    params = torch_to_flax(sd, expand_rules(RULES, config.e_layers), nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return model
+
+
+def to_openltm(model: TimerXL) -> dict[str, np.ndarray]:
+    """OpenLTM state dict (numpy arrays, OpenLTM key names) of a ``TimerXL``."""
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return flax_to_torch(params, expand_rules(RULES, model.config.e_layers))
+
+
+def save_openltm(model: TimerXL, path) -> Path:
+    """Write an OpenLTM-loadable ``checkpoint.pth``."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in to_openltm(model).items()}, path)
+    return path

@@ -1,0 +1,79 @@
+"""Model checkpoints on disk: ``config.json`` + an orbax checkpoint of the parameters.
+
+This is the exchange format between ``train.*``, ``eval.*`` and ``bridges.convert``. Training
+state (optimizer, step, rng) is checkpointed separately by the trainer's CheckpointManager.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+def _model_registry():
+    # Imported lazily so `import jaxts.checkpoint` stays cheap.
+    from jaxts.models.timer_xl import TimerXL, TimerXLConfig
+
+    return {"timer_xl": (TimerXL, TimerXLConfig)}
+
+
+def model_name(model) -> str:
+    for name, (cls, _) in _model_registry().items():
+        if type(model) is cls:
+            return name
+    raise TypeError(f"no checkpoint format registered for {type(model).__name__}")
+
+
+def save_model(model, directory, extra: dict | None = None) -> Path:
+    """Write ``directory/config.json`` and ``directory/params`` (orbax). Overwrites atomically:
+    orbax writes to a temporary directory and renames it when complete."""
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    params = jax.tree.map(np.asarray, params)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(directory / PARAMS_DIR, params, force=True)
+        ckptr.wait_until_finished()
+    meta = {"model": model_name(model), "config": model.config.to_dict(), **(extra or {})}
+    tmp = directory / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp.replace(directory / CONFIG_FILE)
+    return directory
+
+
+def read_config(directory):
+    """(model name, config dataclass, metadata dict) of a saved model directory."""
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a jaxts model checkpoint directory")
+    meta = json.loads(path.read_text())
+    name = meta.get("model")
+    registry = _model_registry()
+    if name not in registry:
+        raise ValueError(f"{path}: unknown model {name!r}; known: {sorted(registry)}")
+    _, cfg_cls = registry[name]
+    return name, cfg_cls.from_dict(meta["config"]), meta
+
+
+def load_model(directory, *, rngs: nnx.Rngs | None = None):
+    """Rebuild the model saved by :func:`save_model`."""
+    directory = Path(directory).absolute()
+    name, cfg, _ = read_config(directory)
+    cls, _ = _model_registry()[name]
+    model = cls(cfg, rngs=rngs or nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    target = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+    with ocp.StandardCheckpointer() as ckptr:
+        restored = ckptr.restore(directory / PARAMS_DIR, target)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
+    return model

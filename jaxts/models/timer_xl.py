@@ -1,0 +1,266 @@
+"""Timer-XL (Liu et al., arXiv 2410.04803) in Flax NNX, numerically identical to OpenLTM's
+``models/timer_xl.py`` (default, non-flash attention path).
+
+Module and parameter names mirror OpenLTM (``embedding``, ``blocks.attn_layers[i].attention.
+query_projection``, ``...inner_attention.attn_bias.emb``, ``conv1``, ``norm1``, ``head``) so the
+bridge in ``bridges/timer_xl.py`` is a name table, and a reader can hold both side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxts.layers.attention import AttentionLayer, softmax_attention
+from jaxts.layers.attention_bias import BinaryAttentionBias
+from jaxts.layers.init import torch_linear
+from jaxts.layers.masks import same_variable, timer_covariate_mask, timer_multivariate_mask
+from jaxts.layers.rope import partial_rope, partial_split
+
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm default
+INSTANCE_NORM_EPS = 1e-5  # OpenLTM's use_norm: sqrt(biased var + 1e-5)
+
+
+@dataclasses.dataclass(frozen=True)
+class TimerXLConfig:
+    """Hyper-parameters with OpenLTM's argument names (shared with the PyTorch reference)."""
+
+    input_token_len: int = 96
+    output_token_len: int = 96
+    d_model: int = 512
+    n_heads: int = 8
+    e_layers: int = 1
+    d_ff: int = 2048
+    dropout: float = 0.1
+    activation: str = "relu"
+    use_norm: bool = False
+    covariate: bool = False
+
+    def __post_init__(self):
+        for name in ("input_token_len", "output_token_len", "d_model", "n_heads", "e_layers"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(
+                    f"TimerXLConfig.{name} must be positive, got {getattr(self, name)}"
+                )
+        if self.d_ff <= 0:
+            raise ValueError(f"TimerXLConfig.d_ff must be positive, got {self.d_ff}")
+        if self.activation not in ("relu", "gelu"):
+            raise ValueError(f"activation must be 'relu' or 'gelu', got {self.activation!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        partial_split(self.d_model // self.n_heads, ROPE_PARTIAL)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TimerXLConfig:
+        """Build from a mapping; unknown keys are an error (never silently ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TimerXLConfig keys: {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+ROPE_PARTIAL = (0.0, 0.5)  # OpenLTM rotates the first half of each head's dimensions
+
+
+class TimeAttention(nnx.Module):
+    """OpenLTM ``TimeAttention``: partial interleaved RoPE over the flattened token index,
+    a binary same/different-variable bias, and the Timer mask; bias added before scaling."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, covariate: bool, *, rngs):
+        self.covariate = covariate
+        self.attn_bias = BinaryAttentionBias(n_heads, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def additive_mask(self, n_vars: int, n_tokens: int) -> jnp.ndarray:
+        """Bias with -inf where masked: ``[H, C*N, C*N]``."""
+        bias = self.attn_bias(same_variable(n_vars, n_tokens))
+        if self.covariate:
+            mask = timer_covariate_mask(n_vars, n_tokens)
+        else:
+            mask = timer_multivariate_mask(n_vars, n_tokens)
+        return jnp.where(mask[None], -jnp.inf, bias)
+
+    def __call__(self, q, k, v, *, n_vars: int, n_tokens: int):
+        """q, k, v ``[B, T, H, E]`` with T = C*N -> ``[B, T, H, E]``."""
+        e = q.shape[-1]
+        seq_id = np.arange(n_vars * n_tokens)  # position id = c * N + n (variable-major)
+        q = partial_rope(q.transpose(0, 2, 1, 3), seq_id, ROPE_PARTIAL)  # [B, H, T, E]
+        k = partial_rope(k.transpose(0, 2, 1, 3), seq_id, ROPE_PARTIAL)
+        v = v.transpose(0, 2, 1, 3)
+        additive = self.additive_mask(n_vars, n_tokens)[None]  # [1, H, T, T]
+        return softmax_attention(q, k, v, additive, 1.0 / math.sqrt(e), self.dropout)
+
+
+class TimerLayer(nnx.Module):
+    """Post-LN block: attention -> add -> LN -> FFN (two 1x1 convs) -> add -> LN."""
+
+    def __init__(self, cfg: TimerXLConfig, *, rngs: nnx.Rngs):
+        inner = TimeAttention(cfg.d_model, cfg.n_heads, cfg.dropout, cfg.covariate, rngs=rngs)
+        self.attention = AttentionLayer(inner, cfg.d_model, cfg.n_heads, rngs=rngs)
+        # Conv1d(kernel_size=1) == Linear; the bridge squeezes/unsqueezes the kernel axis.
+        self.conv1 = torch_linear(cfg.d_model, cfg.d_ff, rngs=rngs)
+        self.conv2 = torch_linear(cfg.d_ff, cfg.d_model, rngs=rngs)
+        self.norm1 = nnx.LayerNorm(cfg.d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(cfg.d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.activation = cfg.activation
+
+    def __call__(self, x, *, n_vars: int, n_tokens: int):
+        """x ``[B, T, D]`` -> ``[B, T, D]``."""
+        x = x + self.dropout(self.attention(x, n_vars=n_vars, n_tokens=n_tokens))
+        x = self.norm1(x)
+        act = (
+            jax.nn.relu
+            if self.activation == "relu"
+            else functools.partial(
+                jax.nn.gelu,
+                approximate=False,  # torch F.gelu default is the exact erf form
+            )
+        )
+        y = self.dropout(act(self.conv1(x)))  # [B, T, d_ff]
+        y = self.dropout(self.conv2(y))
+        return self.norm2(x + y)
+
+
+class TimerBlock(nnx.Module):
+    def __init__(self, cfg: TimerXLConfig, *, rngs: nnx.Rngs):
+        self.attn_layers = nnx.List([TimerLayer(cfg, rngs=rngs) for _ in range(cfg.e_layers)])
+        self.norm = nnx.LayerNorm(cfg.d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
+
+    def __call__(self, x, *, n_vars: int, n_tokens: int):
+        for layer in self.attn_layers:
+            x = layer(x, n_vars=n_vars, n_tokens=n_tokens)
+        return self.norm(x)
+
+
+def check_context(x, input_token_len: int, *, truncate: bool = False) -> int:
+    """Validate a context ``[B, L, C]``; return how many oldest points to drop (0 unless truncate).
+
+    Value checks (NaN/inf) run only on concrete arrays: inside ``jit`` values are unknown.
+    """
+    if getattr(x, "ndim", None) != 3:
+        raise ValueError(f"context must be [batch, length, variables], got shape {np.shape(x)}")
+    b, length, c = x.shape
+    if b == 0 or c == 0:
+        raise ValueError(f"context has an empty axis: shape {x.shape}")
+    if length < input_token_len:
+        raise ValueError(f"context too short: length {length} < input_token_len {input_token_len}")
+    extra = length % input_token_len
+    if extra and not truncate:
+        raise ValueError(
+            f"context length {length} is not a multiple of input_token_len {input_token_len}; "
+            f"OpenLTM would silently drop the {extra} most recent points. Pass truncate=True to "
+            f"drop the {extra} oldest points instead, or trim the context yourself."
+        )
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError("context contains NaN or inf values")
+    return extra
+
+
+class TimerXL(nnx.Module):
+    """Decoder-only Timer-XL. ``model(x)`` with x ``[B, L, C]`` -> ``[B, N * P_out, C]``,
+    N = L / input_token_len; output token n forecasts the patch that follows input token n."""
+
+    def __init__(self, config: TimerXLConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embedding = torch_linear(config.input_token_len, config.d_model, rngs=rngs)
+        self.blocks = TimerBlock(config, rngs=rngs)
+        self.head = torch_linear(config.d_model, config.output_token_len, rngs=rngs)
+
+    def features(self, x, *, truncate: bool = False):
+        """Backbone: returns (hidden ``[B, C*N, D]``, means, stdev, n_tokens) for heads."""
+        cfg = self.config
+        extra = check_context(x, cfg.input_token_len, truncate=truncate)
+        x = jnp.asarray(x, jnp.float32)[:, extra:]
+        b, length, c = x.shape
+        if cfg.use_norm:
+            means = jax.lax.stop_gradient(x.mean(axis=1, keepdims=True))  # [B, 1, C]
+            x = x - means
+            stdev = jnp.sqrt(jnp.var(x, axis=1, keepdims=True) + INSTANCE_NORM_EPS)
+            x = x / stdev
+        else:
+            means = stdev = None
+        n = length // cfg.input_token_len
+        # [B, L, C] -> [B, C, N, P]: variable-major tokens, flattened index c * N + n
+        patches = x.transpose(0, 2, 1).reshape(b, c, n, cfg.input_token_len)
+        h = self.embedding(patches).reshape(b, c * n, cfg.d_model)  # [B, C*N, D]
+        h = self.blocks(h, n_vars=c, n_tokens=n)
+        return h, means, stdev, n
+
+    def denormalize(self, out, means, stdev, n_tokens: int):
+        """Head output ``[B, C*N, P_out]`` -> ``[B, N*P_out, C]`` in the input's scale."""
+        b, cn, p_out = out.shape
+        c = cn // n_tokens
+        out = out.reshape(b, c, n_tokens * p_out).transpose(0, 2, 1)  # [B, N*P_out, C]
+        if self.config.use_norm:
+            out = out * stdev + means
+        return out
+
+    def __call__(self, x, *, truncate: bool = False):
+        h, means, stdev, n = self.features(x, truncate=truncate)
+        return self.denormalize(self.head(h), means, stdev, n)
+
+
+def rolling_forecast(model: TimerXL, x, pred_len: int, *, truncate: bool = False):
+    """OpenLTM's test loop as one compiled program: ``ceil(pred_len / P_out)`` steps; each step
+    forecasts the next patch from the last token, drops the ``input_token_len`` oldest points and
+    appends that patch; the result is truncated to ``pred_len``. Always runs in eval mode.
+
+    x ``[B, L, C]`` -> ``[B, pred_len, C]``.
+    """
+    if int(pred_len) <= 0:
+        raise ValueError(f"pred_len must be positive, got {pred_len}")
+    cfg = model.config
+    extra = check_context(x, cfg.input_token_len, truncate=truncate)
+    x = jnp.asarray(x, jnp.float32)[:, extra:]
+    if cfg.input_token_len != cfg.output_token_len:
+        # Each step changes the context length by P_out - P; every length must stay usable.
+        length = x.shape[1]
+        for _ in range(math.ceil(pred_len / cfg.output_token_len) - 1):
+            length += cfg.output_token_len - cfg.input_token_len
+            if length < cfg.input_token_len or length % cfg.input_token_len:
+                raise ValueError(
+                    f"rolling with input_token_len {cfg.input_token_len} != output_token_len "
+                    f"{cfg.output_token_len} reaches context length {length}, not a positive "
+                    "multiple of input_token_len"
+                )
+    graphdef, state = nnx.split(model)
+    return _rolling_jit(graphdef, state, x, int(pred_len))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _rolling_jit(graphdef, state, x, pred_len: int):
+    model = nnx.merge(graphdef, state)
+    model.eval()
+    cfg = model.config
+    p, p_out = cfg.input_token_len, cfg.output_token_len
+    steps = math.ceil(pred_len / p_out)
+
+    def step(ctx):
+        nxt = model(ctx)[:, -p_out:]  # [B, P_out, C]
+        return jnp.concatenate([ctx[:, p:], nxt], axis=1), nxt
+
+    if p == p_out:
+        # Fixed context shape: one scanned body, compiled once, whatever the horizon.
+        _, outs = jax.lax.scan(lambda c, _: step(c), x, None, length=steps)  # [S, B, P_out, C]
+        preds = outs.transpose(1, 0, 2, 3).reshape(x.shape[0], steps * p_out, x.shape[2])
+    else:
+        outs = []
+        for _ in range(steps):
+            x, nxt = step(x)
+            outs.append(nxt)
+        preds = jnp.concatenate(outs, axis=1)
+    return preds[:, :pred_len]
