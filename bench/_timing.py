@@ -1,0 +1,36 @@
+"""Timing helpers shared by the benchmarks: compile time apart from the steady-state median."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+
+
+def time_jax(fn, *args, repeats: int = 5) -> dict:
+    """First call (trace + compile + run) is reported as ``compile_s``; then ``repeats`` runs."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        runs.append(time.perf_counter() - t0)
+    med = statistics.median(runs)
+    return {"compile_s": max(first - med, 0.0), "median_s": med, "runs_s": runs}
+
+
+def time_torch(fn, *args, repeats: int = 5, warmup: int = 1) -> dict:
+    import torch
+
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn(*args)
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(*args)
+            runs.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(runs), "runs_s": runs}
