@@ -1,0 +1,217 @@
+"""Rolling long-horizon test evaluation (OpenLTM ``test`` with ``test_pred_len = H``).
+
+``python -m eval.forecast --ckpt runs/timer_xl_etth1/best`` evaluates an exported model on the
+test split at horizons 96/192/336/720: every stride-1 test window is forecast by
+:func:`jaxts.models.timer_xl.rolling_forecast`, and MSE / MAE are taken over all windows x H x C
+in the scaled space (the benchmark convention). Writes ``metrics_test.json`` and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+__all__ = ["evaluate_rolling", "format_table", "main", "plot_forecasts"]
+
+DEFAULT_HORIZONS = (96, 192, 336, 720)
+
+
+def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+    """Pad ``[b, ...]`` to ``[size, ...]`` by repeating the last row, so every batch has one
+    shape and the jitted rolling loop compiles once per horizon."""
+    if x.shape[0] == size:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
+
+
+def evaluate_rolling(
+    model,
+    dataset: str | os.PathLike,
+    seq_len: int,
+    horizons=DEFAULT_HORIZONS,
+    batch_size: int = 64,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    plot_path: str | os.PathLike | None = None,
+    n_plot: int = 3,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """MSE/MAE of rolling forecasts on the test split for each horizon.
+
+    Returns ``{"96": {"mse", "mae", "windows"}, ..., "avg": {"mse", "mae"}}`` where avg is the
+    unweighted mean over horizons (how the benchmark tables average). Sums are accumulated in
+    float64 so thousands of windows do not lose precision. ``plot_path``: also save a PNG of
+    ``n_plot`` windows' last variable per horizon.
+    """
+    from jaxts.data import forecast_windows
+    from jaxts.models.timer_xl import rolling_forecast
+
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    horizons = [int(h) for h in horizons]
+    data = {h: forecast_windows(dataset, "test", seq_len, h, data_dir=data_dir) for h in horizons}
+    total = sum(math.ceil(x.shape[0] / batch_size) for x, _ in data.values())
+    bar = tqdm(total=total, desc="rolling test", disable=not progress, dynamic_ncols=True)
+    results: dict[str, dict[str, float]] = {}
+    plots = {}
+    for h in horizons:
+        x, y = data[h]  # [W, L, C], [W, H, C] (read-only views)
+        w = x.shape[0]
+        sq = ab = 0.0
+        keep = set(np.linspace(0, w - 1, n_plot).astype(int).tolist()) if plot_path else set()
+        picked: dict[int, np.ndarray] = {}
+        for start in range(0, w, batch_size):
+            xb = np.array(x[start : start + batch_size])  # [b, L, C] copy of the view
+            b = xb.shape[0]
+            pred = rolling_forecast(model, _pad_rows(xb, batch_size), h)  # [bs, H, C]
+            pred = np.asarray(pred, dtype=np.float64)[:b]
+            err = pred - y[start : start + b].astype(np.float64)
+            sq += float(np.sum(err * err))
+            ab += float(np.sum(np.abs(err)))
+            for i in keep & set(range(start, start + b)):
+                picked[i] = pred[i - start]
+            bar.update(1)
+        n = w * h * y.shape[2]
+        results[str(h)] = {"mse": sq / n, "mae": ab / n, "windows": int(w)}
+        if plot_path:
+            plots[h] = (x, y, picked)
+    bar.close()
+    results["avg"] = {
+        "mse": float(np.mean([results[str(h)]["mse"] for h in horizons])),
+        "mae": float(np.mean([results[str(h)]["mae"] for h in horizons])),
+    }
+    if plot_path:
+        plot_forecasts(plots, plot_path, title=f"{Path(str(dataset)).stem} test, L={seq_len}")
+    return results
+
+
+def plot_forecasts(plots: dict[int, tuple], path: str | os.PathLike, title: str = "") -> None:
+    """Grid (rows: horizons, columns: windows) of the last variable: context tail, truth and
+    forecast. ``plots[h] = (x [W, L, C], y [W, H, C], {window index: pred [H, C]})``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    rows = len(plots)
+    cols = max((len(p[2]) for p in plots.values()), default=1) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 2.6 * rows), squeeze=False)
+    for r, (h, (x, y, picked)) in enumerate(sorted(plots.items())):
+        for c, (i, pred) in enumerate(sorted(picked.items())):
+            ax = axes[r][c]
+            tail = min(x.shape[1], max(h, 192))  # enough context to judge the forecast
+            t_ctx = np.arange(-tail, 0)
+            t_out = np.arange(h)
+            ax.plot(t_ctx, x[i, -tail:, -1], color="0.4", lw=0.8, label="context")
+            ax.plot(t_out, y[i, :, -1], color="tab:blue", lw=0.9, label="truth")
+            ax.plot(t_out, pred[:, -1], color="tab:red", lw=0.9, label="forecast")
+            ax.axvline(0, color="0.7", lw=0.6, ls="--")
+            ax.set_title(f"H={h}, window {i}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if r == 0 and c == 0:
+                ax.legend(fontsize=7, loc="upper left")
+    if title:
+        fig.suptitle(title + " (last variable, scaled)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'horizon':>8} {'windows':>8} {'MSE':>10} {'MAE':>10}"]
+    for key, r in results.items():
+        windows = str(r.get("windows", ""))
+        lines.append(f"{key:>8} {windows:>8} {r['mse']:>10.6f} {r['mae']:>10.6f}")
+    return "\n".join(lines)
+
+
+def _run_config_defaults(ckpt: Path) -> dict[str, Any]:
+    """dataset / seq_len / data_dir of the training run that exported ``ckpt`` (its parent's
+    ``config.yaml``), so evaluating a run's best model needs no repeated flags."""
+    path = ckpt.parent / "config.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    with open(path) as f:
+        data = (yaml.safe_load(f) or {}).get("data") or {}
+    return {k: data[k] for k in ("dataset", "seq_len", "data_dir") if data.get(k) is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.forecast", description="Rolling test-set evaluation of a checkpoint."
+    )
+    parser.add_argument("--ckpt", required=True, help="model directory (jaxts.checkpoint format)")
+    parser.add_argument("--data-dir", default=None, help="folder with the dataset CSVs")
+    parser.add_argument("--horizons", default="96,192,336,720", help="comma-separated")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="name or CSV path (default: ETTh1, or "
+        "the training run's dataset when the checkpoint has one)",
+    )
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="context length (default 672, or the training run's)",
+    )
+    parser.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    from jaxts.checkpoint import load_model
+    from jaxts.data import DataError
+
+    ckpt = Path(args.ckpt)
+    if not (ckpt / "config.json").is_file():
+        parser.error(f"{ckpt} is not a model checkpoint (no config.json)")
+    try:
+        horizons = [int(h) for h in args.horizons.split(",") if h.strip()]
+    except ValueError:
+        parser.error(f"--horizons must be comma-separated integers, got {args.horizons!r}")
+    if not horizons or min(horizons) <= 0:
+        parser.error("--horizons must be positive")
+    run = _run_config_defaults(ckpt)
+    dataset = args.dataset or run.get("dataset", "ETTh1")
+    seq_len = args.seq_len or int(run.get("seq_len", 672))
+    data_dir = args.data_dir or run.get("data_dir")
+    out = Path(args.out) if args.out else ckpt
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = load_model(ckpt)
+    try:
+        results = evaluate_rolling(
+            model,
+            dataset,
+            seq_len,
+            horizons,
+            args.batch_size,
+            data_dir,
+            plot_path=None if args.no_plot else out / "forecast_test.png",
+            progress=not args.no_progress,
+        )
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{dataset} test, seq_len {seq_len}, rolling forecast")
+    print(format_table(results))
+    with open(out / "metrics_test.json", "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {out / 'metrics_test.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

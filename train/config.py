@@ -1,0 +1,277 @@
+"""Run configuration: a YAML file with sections ``model``, ``data``, ``optim`` and ``run``.
+
+Every key is checked: an unknown key in any section (or an unknown section) is an error that
+lists all offenders, because a silently ignored typo (``learing_rate``) is the worst failure
+mode of a training config. ``--set section.key=value`` overrides are parsed as YAML scalars
+(``--set optim.learning_rate=3e-4``, ``--set model.use_norm=false``) and type-checked the same
+way as the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "OptimConfig",
+    "RunConfig",
+    "RunSection",
+    "apply_overrides",
+    "config_from_dict",
+    "dump_config",
+    "load_config",
+    "model_config",
+]
+
+MODEL_NAMES = ("timer_xl",)
+
+
+class ConfigError(ValueError):
+    """A run configuration that is malformed, has unknown keys or ill-typed values."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "ETTh1"  # a name (resolved by jaxts.data.resolve_path) or a CSV path
+    data_dir: str | None = None
+    seq_len: int = 672
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    train_epochs: int = 10
+    patience: int = 3
+    lradj: str = "type1"  # 'type1' (halve every epoch from epoch 2) or 'cosine'
+    tmax: int = 10  # cosine period in epochs (OpenLTM --tmax)
+    weight_decay: float = 0.0  # coupled L2, as torch.optim.Adam(weight_decay=...)
+    valid_last: bool = False  # validate on the last token's patch only (OpenLTM --valid_last)
+    seed: int = 2021
+    max_steps_per_epoch: int | None = None  # cap for smoke runs; None = full epoch
+
+    def __post_init__(self):
+        if self.lradj not in ("type1", "cosine"):
+            raise ConfigError(f"optim.lradj must be 'type1' or 'cosine', got {self.lradj!r}")
+        for name in ("batch_size", "train_epochs", "patience", "tmax"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"optim.{name} must be positive, got {getattr(self, name)}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ConfigError(f"optim.learning_rate must be positive, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch <= 0:
+            raise ConfigError("optim.max_steps_per_epoch must be positive or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSection:
+    out_dir: str = "runs/timer_xl_etth1"
+    ckpt_every_steps: int = 200  # plus one checkpoint at every epoch end
+    log_every_steps: int = 50  # metrics.jsonl line every N steps (plus one per epoch)
+    max_to_keep: int = 2  # resumable checkpoints kept (the best model is exported separately)
+    horizons: tuple[int, ...] = (96, 192, 336, 720)  # rolling test evaluation at the end
+    eval_batch_size: int = 64
+    progress: bool = True  # tqdm bars
+
+    def __post_init__(self):
+        for name in ("ckpt_every_steps", "log_every_steps", "max_to_keep", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"run.{name} must be positive, got {getattr(self, name)}")
+        if not self.horizons or any(h <= 0 for h in self.horizons):
+            raise ConfigError(f"run.horizons must be positive integers, got {self.horizons}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole run. ``model`` holds the model's own config fields plus ``name``."""
+
+    model: dict[str, Any]
+    data: DataConfig
+    optim: OptimConfig
+    run: RunSection
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["run"]["horizons"] = list(self.run.horizons)
+        return out
+
+
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "run": RunSection}
+
+
+def _model_class(name: str):
+    """The config dataclass of a model name (imported lazily: the model pulls in JAX)."""
+    if name == "timer_xl":
+        from jaxts.models.timer_xl import TimerXLConfig
+
+        return TimerXLConfig
+    raise ConfigError(f"model.name must be one of {list(MODEL_NAMES)}, got {name!r}")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp``; convert the few lossless cases YAML needs.
+
+    PyYAML (YAML 1.1) reads ``1e-4`` as a *string*, so strings are accepted for floats when
+    they parse; ints are accepted for floats; lists for tuples. Anything else is an error.
+    """
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        (elem, *_rest) = typing.get_args(tp)
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            value = [value]  # `--set run.horizons=96` means one horizon
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, elem, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"{where}: expected {name}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls, section: str, raw: Any, errors: list[str]):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"section '{section}' must be a mapping, got {type(raw).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        errors.append(
+            f"unknown keys in '{section}': {', '.join(unknown)} (known: {', '.join(known)})"
+        )
+        return None
+    kwargs = {}
+    for key, value in raw.items():
+        try:
+            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+        except ConfigError as e:
+            errors.append(str(e))
+    if len(kwargs) != len(raw):
+        return None
+    try:
+        return cls(**kwargs)
+    except (ConfigError, ValueError, TypeError) as e:
+        errors.append(f"{section}: {e}")
+        return None
+
+
+def model_config(cfg: RunConfig):
+    """The model's config object (e.g. a ``TimerXLConfig``) from ``cfg.model``."""
+    fields = dict(cfg.model)
+    cls = _model_class(fields.pop("name", "timer_xl"))
+    return cls.from_dict(fields)
+
+
+def config_from_dict(raw: Any) -> RunConfig:
+    """Validate a nested mapping; all problems are collected and raised as one ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a run config must be a mapping, got {type(raw).__name__}")
+    errors: list[str] = []
+    unknown = sorted(set(raw) - {"model", *_SECTIONS})
+    if unknown:
+        errors.append(
+            f"unknown sections: {', '.join(map(str, unknown))} "
+            f"(known: model, {', '.join(_SECTIONS)})"
+        )
+    sections = {name: _build(cls, name, raw.get(name), errors) for name, cls in _SECTIONS.items()}
+
+    model_raw = raw.get("model") or {}
+    model: dict[str, Any] | None = None
+    if not isinstance(model_raw, dict):
+        errors.append(f"section 'model' must be a mapping, got {type(model_raw).__name__}")
+    else:
+        fields = dict(model_raw)
+        name = fields.pop("name", "timer_xl")
+        try:
+            mcls = _model_class(name)
+            built = _build(mcls, "model", fields, errors)
+            if built is not None:
+                model = {"name": name, **dataclasses.asdict(built)}
+        except ConfigError as e:
+            errors.append(str(e))
+    if errors:
+        raise ConfigError("invalid run config:\n  " + "\n  ".join(errors))
+    return RunConfig(model=model, **sections)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a raw nested mapping (values parsed as YAML)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        section, name = parts
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
+        sec = out.setdefault(section, {})
+        if not isinstance(sec, dict):
+            raise ConfigError(f"--set {item!r}: section {section!r} is not a mapping")
+        sec[name] = value
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config (``None``: all defaults), apply overrides, validate."""
+    raw: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a run config must be a mapping")
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config (defaults filled in, overrides applied) as YAML."""
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)

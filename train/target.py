@@ -1,0 +1,200 @@
+"""Supervised next-patch training of Timer-XL on one dataset, then the rolling test evaluation.
+
+``python -m train.target --config configs/timer_xl_etth1.yaml [--set optim.batch_size=64 ...]
+[--data-dir DIR] [--out DIR]`` reproduces OpenLTM's ``exp_forecast`` (``run.py --task_name
+forecast``): the loss is the MSE of every token's next patch, validation optionally on the last
+token only (``valid_last``), early stopping on validation loss, and at the end the best model's
+rolling forecasts at 96/192/336/720 on the test split.
+
+Re-running the same command with the same ``--out`` resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jaxts.data import DataError
+from train.config import ConfigError, RunConfig, dump_config, load_config, model_config
+
+__all__ = ["LastPatch", "main", "next_patch_loss", "run"]
+
+
+def next_patch_loss(model, batch, mask):
+    """MSE of the model's forecasts against ``y``'s tokens: with y ``[B, N*P_out, C]`` every
+    token's next patch (training), with y ``[B, P_out, C]`` the last token's only
+    (``valid_last``). x ``[B, L, C]``; mask ``[B]`` drops the padding of a short last batch."""
+    from train.trainer import masked_mse
+
+    x, y = batch
+    pred = model(x)  # [B, N*P_out, C]
+    return masked_mse(pred[:, -y.shape[1] :], y, mask)
+
+
+class LastPatch:
+    """A view of NextPatchWindows whose batches are ``(x, y_last [B, P_out, C])``."""
+
+    def __init__(self, windows):
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def batch(self, idx: np.ndarray):
+        return self.windows.last_patch(idx)
+
+
+def _check_resume_compatible(cfg: RunConfig, out: Path) -> None:
+    """Refuse to resume a run in ``out`` that was started with different model/data/optim
+    settings: its checkpoints would silently mix two experiments. (data_dir may change: it is
+    where the files are, not which data.)"""
+    import yaml
+
+    path = out / "config.yaml"
+    if not path.is_file() or not (out / "checkpoints").is_dir():
+        return
+    with open(path) as f:
+        old = yaml.safe_load(f) or {}
+    new = cfg.to_dict()
+    diff = [
+        f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {new[sec].get(k)!r}"
+        for sec in ("model", "data", "optim")
+        for k in sorted(set(new[sec]) | set(old.get(sec) or {}))
+        if (old.get(sec) or {}).get(k) != new[sec].get(k) and (sec, k) != ("data", "data_dir")
+    ]
+    if diff:
+        raise ConfigError(
+            f"{out} holds a run with other settings ({'; '.join(diff)}); "
+            "use another --out or delete that folder"
+        )
+
+
+def run(cfg: RunConfig) -> dict:
+    """Train + evaluate; returns the test metrics dict."""
+    import jax
+    from flax import nnx
+
+    from eval.forecast import evaluate_rolling, format_table
+    from jaxts.checkpoint import load_model
+    from jaxts.data import NextPatchWindows, load_split
+    from jaxts.models.timer_xl import TimerXL
+    from train.trainer import Trainer, TrainerConfig
+
+    mcfg = model_config(cfg)
+    d, o = cfg.data, cfg.optim
+    if d.seq_len % mcfg.input_token_len:
+        raise ConfigError(
+            f"data.seq_len {d.seq_len} must be a multiple of model.input_token_len "
+            f"{mcfg.input_token_len}"
+        )
+    out = Path(cfg.run.out_dir)
+    _check_resume_compatible(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+
+    def windows(split):
+        rows = load_split(d.dataset, split, d.seq_len, data_dir=d.data_dir)  # [T, C]
+        return NextPatchWindows(rows, d.seq_len, mcfg.input_token_len, mcfg.output_token_len)
+
+    train_ds, val_ds = windows("train"), windows("val")
+    n_dev = jax.device_count()
+    print(
+        f"{d.dataset}: {len(train_ds)} train / {len(val_ds)} val windows, {train_ds.num_channels}"
+        f" variables; {n_dev} {jax.default_backend()} device(s)",
+        flush=True,
+    )
+    model = TimerXL(mcfg, rngs=nnx.Rngs(params=o.seed, dropout=o.seed + 1))
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    print(f"Timer-XL: {n_params:,} parameters", flush=True)
+    tcfg = TrainerConfig(
+        out_dir=str(out),
+        learning_rate=o.learning_rate,
+        batch_size=o.batch_size,
+        train_epochs=o.train_epochs,
+        patience=o.patience,
+        lradj=o.lradj,
+        tmax=o.tmax,
+        weight_decay=o.weight_decay,
+        seed=o.seed,
+        max_steps_per_epoch=o.max_steps_per_epoch,
+        ckpt_every_steps=cfg.run.ckpt_every_steps,
+        log_every_steps=cfg.run.log_every_steps,
+        max_to_keep=cfg.run.max_to_keep,
+        progress=cfg.run.progress,
+    )
+    trainer = Trainer(
+        model,
+        tcfg,
+        next_patch_loss,
+        train_ds,
+        LastPatch(val_ds) if o.valid_last else val_ds,
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    print(
+        f"training done in {time.perf_counter() - t0:.1f}s: {result.epochs_done} epochs, "
+        f"{result.global_step} steps, best val {result.best_val}"
+        + (" (early stopped)" if result.early_stopped else ""),
+        flush=True,
+    )
+
+    best = load_model(out / "best")
+    t1 = time.perf_counter()
+    metrics = evaluate_rolling(
+        best,
+        d.dataset,
+        d.seq_len,
+        cfg.run.horizons,
+        cfg.run.eval_batch_size,
+        d.data_dir,
+        plot_path=out / "forecast_test.png",
+        progress=cfg.run.progress,
+    )
+    print(f"{d.dataset} test, rolling forecast ({time.perf_counter() - t1:.1f}s)")
+    print(format_table(metrics))
+    with open(out / "metrics_test.json", "w") as f:
+        json.dump(metrics, f, indent=2)
+    print(f"wrote {out / 'metrics_test.json'}", flush=True)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.target", description="Train Timer-XL (OpenLTM next-patch objective)."
+    )
+    parser.add_argument("--config", required=True, help="YAML run config")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override config values (YAML-typed), e.g. --set optim.train_epochs=2",
+    )
+    parser.add_argument("--data-dir", default=None, help="folder with the dataset CSVs")
+    parser.add_argument("--out", default=None, help="run folder (overrides run.out_dir)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.data_dir is not None:
+            cfg = dataclasses.replace(
+                cfg, data=dataclasses.replace(cfg.data, data_dir=args.data_dir)
+            )
+        if args.out is not None:
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=args.out))
+        run(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
