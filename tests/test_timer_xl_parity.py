@@ -182,6 +182,15 @@ def test_etth1_sized_model_matches_reference():
     )
 
 
+@pytest.mark.parametrize("e_layers,covariate", [(1, False), (3, True)])
+def test_forecast_next_equals_last_patch_of_forward(e_layers, covariate):
+    cfg = TimerXLConfig(**{**BASE, "e_layers": e_layers, "covariate": covariate, "use_norm": True})
+    _, jm = pair(cfg)
+    x = series(3, 40, 4)
+    full = np.asarray(jm(x))[:, -cfg.output_token_len :]
+    np.testing.assert_allclose(np.asarray(jm.forecast_next(x)), full, atol=LAYER_TOL, rtol=0)
+
+
 def test_train_mode_dropout_is_random_and_eval_is_deterministic():
     cfg = TimerXLConfig(**{**BASE, "dropout": 0.5})
     _, jm = pair(cfg)

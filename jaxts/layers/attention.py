@@ -46,12 +46,18 @@ class AttentionLayer(nnx.Module):
         self.value_projection = torch_linear(d_model, head_dim * n_heads, rngs=rngs)
         self.out_projection = torch_linear(head_dim * n_heads, d_model, rngs=rngs)
 
-    def __call__(self, x: jnp.ndarray, **kwargs) -> jnp.ndarray:
-        """Self-attention over ``x [B, T, D]``; ``kwargs`` go to the inner attention."""
+    def __call__(self, x: jnp.ndarray, *, query_rows=None, **kwargs) -> jnp.ndarray:
+        """Self-attention over ``x [B, T, D]``; ``kwargs`` go to the inner attention.
+
+        ``query_rows`` (static int array of length Tq) computes outputs for those rows only:
+        keys/values still cover all T tokens, so the rows equal the full computation's rows.
+        Returns ``[B, T, D]`` or ``[B, Tq, D]``.
+        """
         b, t, _ = x.shape
         h = self.n_heads
-        q = self.query_projection(x).reshape(b, t, h, -1)  # [B, T, H, E]
-        k = self.key_projection(x).reshape(b, t, h, -1)
+        xq = x if query_rows is None else x[:, query_rows]
+        q = self.query_projection(xq).reshape(b, xq.shape[1], h, -1)  # [B, Tq, H, E]
+        k = self.key_projection(x).reshape(b, t, h, -1)  # [B, T, H, E]
         v = self.value_projection(x).reshape(b, t, h, -1)
-        out = self.inner_attention(q, k, v, **kwargs)  # [B, T, H, E]
-        return self.out_projection(out.reshape(b, t, -1))
+        out = self.inner_attention(q, k, v, query_rows=query_rows, **kwargs)  # [B, Tq, H, E]
+        return self.out_projection(out.reshape(b, xq.shape[1], -1))

@@ -93,14 +93,19 @@ class TimeAttention(nnx.Module):
             mask = timer_multivariate_mask(n_vars, n_tokens)
         return jnp.where(mask[None], -jnp.inf, bias)
 
-    def __call__(self, q, k, v, *, n_vars: int, n_tokens: int):
-        """q, k, v ``[B, T, H, E]`` with T = C*N -> ``[B, T, H, E]``."""
+    def __call__(self, q, k, v, *, n_vars: int, n_tokens: int, query_rows=None):
+        """q ``[B, Tq, H, E]``, k, v ``[B, T, H, E]`` with T = C*N -> ``[B, Tq, H, E]``.
+
+        ``query_rows`` gives the flat token index of each query (all T tokens when None)."""
         e = q.shape[-1]
         seq_id = np.arange(n_vars * n_tokens)  # position id = c * N + n (variable-major)
-        q = partial_rope(q.transpose(0, 2, 1, 3), seq_id, ROPE_PARTIAL)  # [B, H, T, E]
-        k = partial_rope(k.transpose(0, 2, 1, 3), seq_id, ROPE_PARTIAL)
+        q_id = seq_id if query_rows is None else seq_id[query_rows]
+        q = partial_rope(q.transpose(0, 2, 1, 3), q_id, ROPE_PARTIAL)  # [B, H, Tq, E]
+        k = partial_rope(k.transpose(0, 2, 1, 3), seq_id, ROPE_PARTIAL)  # [B, H, T, E]
         v = v.transpose(0, 2, 1, 3)
         additive = self.additive_mask(n_vars, n_tokens)[None]  # [1, H, T, T]
+        if query_rows is not None:
+            additive = additive[:, :, query_rows]  # [1, H, Tq, T]
         return softmax_attention(q, k, v, additive, 1.0 / math.sqrt(e), self.dropout)
 
 
@@ -118,9 +123,10 @@ class TimerLayer(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.activation = cfg.activation
 
-    def __call__(self, x, *, n_vars: int, n_tokens: int):
-        """x ``[B, T, D]`` -> ``[B, T, D]``."""
-        x = x + self.dropout(self.attention(x, n_vars=n_vars, n_tokens=n_tokens))
+    def __call__(self, x, *, n_vars: int, n_tokens: int, query_rows=None):
+        """x ``[B, T, D]`` -> ``[B, T, D]`` (or ``[B, Tq, D]`` for the ``query_rows`` only)."""
+        attn = self.attention(x, n_vars=n_vars, n_tokens=n_tokens, query_rows=query_rows)
+        x = (x if query_rows is None else x[:, query_rows]) + self.dropout(attn)
         x = self.norm1(x)
         act = (
             jax.nn.relu
@@ -140,9 +146,14 @@ class TimerBlock(nnx.Module):
         self.attn_layers = nnx.List([TimerLayer(cfg, rngs=rngs) for _ in range(cfg.e_layers)])
         self.norm = nnx.LayerNorm(cfg.d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
 
-    def __call__(self, x, *, n_vars: int, n_tokens: int):
-        for layer in self.attn_layers:
-            x = layer(x, n_vars=n_vars, n_tokens=n_tokens)
+    def __call__(self, x, *, n_vars: int, n_tokens: int, last_only: bool = False):
+        """x ``[B, C*N, D]`` -> ``[B, C*N, D]``; with ``last_only`` -> ``[B, C, D]``, each
+        variable's last token only (all a rolling forecast reads). The last layer then computes
+        queries, attention rows and FFN for C tokens instead of C*N: same values, N x less work."""
+        last = len(self.attn_layers) - 1
+        rows = np.arange(n_vars) * n_tokens + n_tokens - 1 if last_only else None
+        for i, layer in enumerate(self.attn_layers):
+            x = layer(x, n_vars=n_vars, n_tokens=n_tokens, query_rows=rows if i == last else None)
         return self.norm(x)
 
 
@@ -180,8 +191,9 @@ class TimerXL(nnx.Module):
         self.blocks = TimerBlock(config, rngs=rngs)
         self.head = torch_linear(config.d_model, config.output_token_len, rngs=rngs)
 
-    def features(self, x, *, truncate: bool = False):
-        """Backbone: returns (hidden ``[B, C*N, D]``, means, stdev, n_tokens) for heads."""
+    def features(self, x, *, truncate: bool = False, last_only: bool = False):
+        """Backbone: returns (hidden ``[B, C*N, D]`` or ``[B, C, D]`` with ``last_only``,
+        means, stdev, n_tokens) for the heads."""
         cfg = self.config
         extra = check_context(x, cfg.input_token_len, truncate=truncate)
         x = jnp.asarray(x, jnp.float32)[:, extra:]
@@ -197,7 +209,7 @@ class TimerXL(nnx.Module):
         # [B, L, C] -> [B, C, N, P]: variable-major tokens, flattened index c * N + n
         patches = x.transpose(0, 2, 1).reshape(b, c, n, cfg.input_token_len)
         h = self.embedding(patches).reshape(b, c * n, cfg.d_model)  # [B, C*N, D]
-        h = self.blocks(h, n_vars=c, n_tokens=n)
+        h = self.blocks(h, n_vars=c, n_tokens=n, last_only=last_only)
         return h, means, stdev, n
 
     def denormalize(self, out, means, stdev, n_tokens: int):
@@ -212,6 +224,12 @@ class TimerXL(nnx.Module):
     def __call__(self, x, *, truncate: bool = False):
         h, means, stdev, n = self.features(x, truncate=truncate)
         return self.denormalize(self.head(h), means, stdev, n)
+
+    def forecast_next(self, x, *, truncate: bool = False):
+        """The next patch after the context: ``model(x)[:, -P_out:]`` ``[B, P_out, C]``,
+        computing the last layer for each variable's last token only."""
+        h, means, stdev, _ = self.features(x, truncate=truncate, last_only=True)
+        return self.denormalize(self.head(h), means, stdev, 1)
 
 
 def rolling_forecast(model: TimerXL, x, pred_len: int, *, truncate: bool = False):
@@ -250,7 +268,7 @@ def _rolling_jit(graphdef, state, x, pred_len: int):
     steps = math.ceil(pred_len / p_out)
 
     def step(ctx):
-        nxt = model(ctx)[:, -p_out:]  # [B, P_out, C]
+        nxt = model.forecast_next(ctx)  # [B, P_out, C] == model(ctx)[:, -P_out:]
         return jnp.concatenate([ctx[:, p:], nxt], axis=1), nxt
 
     if p == p_out:
