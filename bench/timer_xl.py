@@ -22,20 +22,11 @@ import torch
 from bench._timing import time_jax, time_torch
 from bridges.timer_xl import from_openltm
 from jaxts.data import forecast_windows
-from jaxts.models.timer_xl import TimerXLConfig, rolling_forecast
+from jaxts.models.timer_xl import rolling_forecast
 from tests.reference import timer_xl_torch as ref
+from train.config import load_config, model_config
 
-CFG = TimerXLConfig(
-    input_token_len=96,
-    output_token_len=96,
-    d_model=1024,
-    n_heads=8,
-    e_layers=1,
-    d_ff=2048,
-    dropout=0.1,
-    activation="relu",
-    use_norm=True,
-)
+CFG = model_config(load_config(Path(__file__).parents[1] / "configs/timer_xl_etth1.yaml"))
 
 
 def run(batches, repeats, pred_len=720):

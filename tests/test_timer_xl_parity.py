@@ -1,5 +1,7 @@
 """Timer-XL: Flax vs the PyTorch reference of OpenLTM, layer by layer then whole model."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,9 +13,13 @@ from bridges.timer_xl import from_openltm, to_openltm
 from jaxts.layers import masks, rope
 from jaxts.models.timer_xl import TimerXLConfig, rolling_forecast
 from tests.reference import timer_xl_torch as ref
+from train.config import load_config, model_config
 
 LAYER_TOL = 1e-5
+# small config shared by the tests below
+BASE = dict(input_token_len=8, output_token_len=8, d_model=32, n_heads=4, d_ff=64)
 MODEL_TOL = 1e-4
+ETTH1_CONFIG = model_config(load_config(Path(__file__).parents[1] / "configs/timer_xl_etth1.yaml"))
 
 
 def torch_model(cfg: TimerXLConfig, seed: int = 0) -> ref.Model:
@@ -114,15 +120,7 @@ def from_openltm_bias(weight, heads):
 @pytest.mark.parametrize("covariate", [False, True])
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_timer_layer_matches_reference(covariate, activation):
-    cfg = TimerXLConfig(
-        input_token_len=8,
-        output_token_len=8,
-        d_model=32,
-        n_heads=4,
-        d_ff=64,
-        activation=activation,
-        covariate=covariate,
-    )
+    cfg = TimerXLConfig(**{**BASE, "activation": activation, "covariate": covariate})
     tm, jm = pair(cfg, seed=3)
     n_vars, n_tokens = 3, 5
     h = torch.randn(2, n_vars * n_tokens, 32)
@@ -143,7 +141,6 @@ CONFIGS = {
     "c5_pout16_norm_3l": (dict(use_norm=True, output_token_len=16, e_layers=3), 2, 32, 5),
     "c1_single_token": (dict(use_norm=True), 2, 8, 1),
 }
-BASE = dict(input_token_len=8, output_token_len=8, d_model=32, n_heads=4, d_ff=64)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -168,9 +165,7 @@ def test_forward_and_rolling_match_reference(name):
 
 def test_etth1_sized_model_matches_reference():
     """OpenLTM's ETTh1 config (d_model 1024, 8 heads, d_ff 2048, 672 = 7 x 96, C = 7)."""
-    cfg = TimerXLConfig(
-        input_token_len=96, output_token_len=96, d_model=1024, n_heads=8, d_ff=2048, use_norm=True
-    )
+    cfg = ETTH1_CONFIG
     tm, jm = pair(cfg, seed=7)
     x = series(2, 672, 7, seed=2)
     with torch.no_grad():
