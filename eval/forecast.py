@@ -24,14 +24,6 @@ __all__ = ["evaluate_rolling", "format_table", "main", "plot_forecasts"]
 DEFAULT_HORIZONS = (96, 192, 336, 720)
 
 
-def _pad_rows(x: np.ndarray, size: int) -> np.ndarray:
-    """Pad ``[b, ...]`` to ``[size, ...]`` by repeating the last row, so every batch has one
-    shape and the jitted rolling loop compiles once per horizon."""
-    if x.shape[0] == size:
-        return x
-    return np.concatenate([x, np.repeat(x[-1:], size - x.shape[0], axis=0)])
-
-
 def evaluate_rolling(
     model,
     dataset: str | os.PathLike,
@@ -51,7 +43,7 @@ def evaluate_rolling(
     float64 so thousands of windows do not lose precision. ``plot_path``: also save a PNG of
     ``n_plot`` windows' last variable per horizon.
     """
-    from jaxts.data import forecast_windows
+    from jaxts.data import forecast_windows, pad_batch
     from jaxts.models.timer_xl import rolling_forecast
 
     if batch_size <= 0:
@@ -69,9 +61,9 @@ def evaluate_rolling(
         keep = set(np.linspace(0, w - 1, n_plot).astype(int).tolist()) if plot_path else set()
         picked: dict[int, np.ndarray] = {}
         for start in range(0, w, batch_size):
-            xb = np.array(x[start : start + batch_size])  # [b, L, C] copy of the view
-            b = xb.shape[0]
-            pred = rolling_forecast(model, _pad_rows(xb, batch_size), h)  # [bs, H, C]
+            (xb,), _ = pad_batch((x[start : start + batch_size],), batch_size)  # [bs, L, C]
+            b = min(batch_size, w - start)
+            pred = rolling_forecast(model, xb, h)  # [bs, H, C]
             pred = np.asarray(pred, dtype=np.float64)[:b]
             err = pred - y[start : start + b].astype(np.float64)
             sq += float(np.sum(err * err))

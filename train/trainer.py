@@ -38,6 +38,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from jaxts.data import pad_batch
+
 __all__ = [
     "BatchSource",
     "FitResult",
@@ -140,20 +142,6 @@ def _keys_from_data(tree, like):
         tree,
         like,
     )
-
-
-def _pad_to(batch: tuple[np.ndarray, ...], size: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """Pad a short (last) batch to ``size`` rows by repeating its last example; mask [size].
-
-    Padding to the full batch size (not just to a multiple of the device count) keeps a single
-    compiled step; repeating real rows keeps the padding finite for any model.
-    """
-    n = batch[0].shape[0]
-    mask = np.arange(size) < n
-    if n == size:
-        return batch, mask
-    pad = [np.concatenate([a, np.repeat(a[-1:], size - n, axis=0)]) for a in batch]
-    return tuple(pad), mask
 
 
 @functools.cache
@@ -304,7 +292,7 @@ class Trainer:
         losses, counts = [], []
         for start in range(0, n, bs):
             idx = np.arange(start, min(start + bs, n))
-            batch, mask = _pad_to(self.val_data.batch(idx), bs)
+            batch, mask = pad_batch(self.val_data.batch(idx), bs)
             batch, mask = self._shard(batch, mask)
             losses.append(self._eval_step(self.params, self.rest, batch, mask, self.aux))
             counts.append(len(idx))
@@ -419,7 +407,7 @@ class Trainer:
 
                 for s in range(meta["step_in_epoch"], n_steps):
                     idx = order[s * bs : (s + 1) * bs]
-                    batch, mask = self._shard(*_pad_to(self.train_data.batch(idx), bs))
+                    batch, mask = self._shard(*pad_batch(self.train_data.batch(idx), bs))
                     self.params, self.rest, self.opt_state, loss = self._train_step(
                         self.params, self.rest, self.opt_state, batch, mask, self.aux
                     )

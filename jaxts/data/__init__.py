@@ -8,7 +8,7 @@ See ``docs/data.md``.
 from jaxts.data._io import DataError, dataset_name, read_table
 from jaxts.data._paths import resolve_path
 from jaxts.data._splits import SPLITS, load_split, scaler_stats, split_borders
-from jaxts.data._windows import NextPatchWindows, forecast_windows, n_windows
+from jaxts.data._windows import NextPatchWindows, forecast_windows, n_windows, pad_batch
 
 __all__ = [
     "DataError",
@@ -18,6 +18,7 @@ __all__ = [
     "forecast_windows",
     "load_split",
     "n_windows",
+    "pad_batch",
     "read_table",
     "resolve_path",
     "scaler_stats",

@@ -28,6 +28,22 @@ def n_windows(n_rows: int, seq_len: int, output_len: int) -> int:
     return w
 
 
+def pad_batch(
+    batch: tuple[np.ndarray, ...], size: int
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Pad a short (last) batch to ``size`` rows by repeating its last example; mask ``[size]``.
+
+    Padding to the full batch size keeps a single compiled step/forecast for every batch;
+    repeating real rows keeps the padding finite for any model.
+    """
+    n = batch[0].shape[0]
+    mask = np.arange(size) < n
+    if n == size:
+        return batch, mask
+    pad = [np.concatenate([a, np.repeat(a[-1:], size - n, axis=0)]) for a in batch]
+    return tuple(pad), mask
+
+
 def _as_index(idx: np.ndarray, n: int) -> np.ndarray:
     idx = np.asarray(idx)
     if idx.dtype.kind not in "iu":
