@@ -1,6 +1,9 @@
-"""OpenLTM Timer-XL checkpoints (``checkpoint.pth``) <-> jaxts ``TimerXL``.
+"""OpenLTM Timer-XL and STRIDE draft checkpoints (``checkpoint.pth``) <-> jaxts ``TimerXL``.
 
-The name table below is the whole mapping; ``bridges._mapping`` applies it in either direction.
+The name tables below are the whole mapping; ``bridges._mapping`` applies them in either
+direction. A STRIDE draft is the same network with other sizes; a stochastic draft (STRIDE's
+``--draft_stochastic``) has ``head_mean.*`` + ``head_logvar.*`` instead of ``head.*``, which is how
+it is detected.
 """
 
 from __future__ import annotations
@@ -41,9 +44,21 @@ RULES = [
     ],
     Rule("blocks.norm.weight", "blocks.norm.scale"),
     Rule("blocks.norm.bias", "blocks.norm.bias"),
-    Rule("head.weight", "head.kernel", "linear"),
-    Rule("head.bias", "head.bias"),
 ]
+HEAD_RULES = {
+    False: [Rule("head.weight", "head.kernel", "linear"), Rule("head.bias", "head.bias")],
+    True: [  # STRIDE registers head_mean before head_logvar
+        Rule(f"{h}.{t}", f"{h}.{f}", tr)
+        for h in ("head_mean", "head_logvar")
+        for t, f, tr in (("weight", "kernel", "linear"), ("bias", "bias", "identity"))
+    ],
+}
+
+
+def rules_for(config: TimerXLConfig) -> list[Rule]:
+    """The expanded name table of one model (backbone layers + its kind of head)."""
+    return expand_rules(RULES + HEAD_RULES[config.stochastic], config.e_layers)
+
 
 # Not recoverable from tensor shapes: they change the computation but own no parameters.
 _SHAPELESS = ("use_norm", "activation", "covariate", "dropout")
@@ -79,9 +94,10 @@ def load_state_dict(path_or_state_dict) -> dict[str, np.ndarray]:
 def infer_config(state_dict: Mapping[str, np.ndarray], **shapeless) -> TimerXLConfig:
     """Read every shape-determined field from the tensors; the rest come from ``shapeless``
     (``use_norm`` is required: guessing it wrong silently changes every forecast)."""
+    stochastic = "head_mean.weight" in state_dict
     try:
         d_model, input_token_len = state_dict["embedding.weight"].shape
-        output_token_len = state_dict["head.weight"].shape[0]
+        output_token_len = state_dict["head_mean.weight" if stochastic else "head.weight"].shape[0]
         n_heads = state_dict[
             "blocks.attn_layers.0.attention.inner_attention.attn_bias.emb.weight"
         ].shape[1]
@@ -108,6 +124,7 @@ def infer_config(state_dict: Mapping[str, np.ndarray], **shapeless) -> TimerXLCo
         n_heads=int(n_heads),
         e_layers=max(layers) + 1 if layers else 0,
         d_ff=int(d_ff),
+        stochastic=stochastic,
         **extra,
     )
 
@@ -119,10 +136,11 @@ def from_openltm(
     rngs: nnx.Rngs | None = None,
     **shapeless,
 ) -> TimerXL:
-    """Build a ``TimerXL`` holding the weights of an OpenLTM Timer-XL checkpoint.
+    """Build a ``TimerXL`` holding the weights of an OpenLTM Timer-XL or STRIDE draft checkpoint.
 
     ``config`` None: inferred from shapes plus ``shapeless`` overrides (``use_norm`` required,
-    ``activation``/``covariate``/``dropout`` default to OpenLTM's argument defaults).
+    ``activation``/``covariate``/``dropout`` default to OpenLTM's argument defaults; a
+    stochastic head is detected from ``head_mean.*`` keys).
     Raises ``CheckpointKeyError`` listing missing, unexpected and mis-shaped keys.
     """
     sd = load_state_dict(path_or_state_dict)
@@ -132,7 +150,7 @@ def from_openltm(
         raise ValueError("pass either a config or keyword overrides, not both")
     model = TimerXL(config, rngs=rngs or nnx.Rngs(0))
     state = nnx.state(model, nnx.Param)
-    params = torch_to_flax(sd, expand_rules(RULES, config.e_layers), nnx.to_pure_dict(state))
+    params = torch_to_flax(sd, rules_for(config), nnx.to_pure_dict(state))
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
     return model
@@ -141,7 +159,7 @@ def from_openltm(
 def to_openltm(model: TimerXL) -> dict[str, np.ndarray]:
     """OpenLTM state dict (numpy arrays, OpenLTM key names) of a ``TimerXL``."""
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return flax_to_torch(params, expand_rules(RULES, model.config.e_layers))
+    return flax_to_torch(params, rules_for(model.config))
 
 
 def save_openltm(model: TimerXL, path) -> Path:

@@ -42,6 +42,7 @@ class TimerXLConfig:
     activation: str = "relu"
     use_norm: bool = False
     covariate: bool = False
+    stochastic: bool = False  # STRIDE's draft_stochastic: head_mean + head_logvar
 
     def __post_init__(self):
         for name in ("input_token_len", "output_token_len", "d_model", "n_heads", "e_layers"):
@@ -73,6 +74,55 @@ class TimerXLConfig:
 
 
 ROPE_PARTIAL = (0.0, 0.5)  # OpenLTM rotates the first half of each head's dimensions
+LOGVAR_CLAMP = (-10.0, 10.0)  # STRIDE clamps the normalised log-variance before de-normalising
+LOGVAR_BIAS_INIT = -2.0  # STRIDE: log sigma^2 = -2 at init (sigma ~ 0.37, confident)
+
+
+def draft_config(
+    target: TimerXLConfig,
+    scale_d_model: float | None = None,
+    scale_n_heads: float | None = None,
+    scale_d_ff: float | None = None,
+    scale_e_layers: float | None = None,
+    **overrides,
+) -> TimerXLConfig:
+    """A scaled-down draft of ``target`` with STRIDE's rule (``models/timer_xl_draft.py``).
+
+    d_model and n_heads are searched jointly so the head dimension stays a multiple of 4 (the
+    partial RoPE needs an even rotated width): for heads within +-2 of round(n_heads*s), the
+    candidate is max(4, floor(tD/heads/4)*4)*heads with cost |cand - tD| + 20|heads - tH|, first
+    minimum wins. A scale of None keeps the target's value (STRIDE's convention); ``overrides``
+    set other fields (e.g. ``stochastic=True``). Target 1024/8/2048/1 at 0.25 -> 256/2/512/1.
+    """
+    for name, s in (
+        ("scale_d_model", scale_d_model),
+        ("scale_n_heads", scale_n_heads),
+        ("scale_d_ff", scale_d_ff),
+        ("scale_e_layers", scale_e_layers),
+    ):
+        if s is not None and not float(s) > 0:
+            raise ValueError(f"{name} must be positive, got {s}")
+    if scale_d_model is None and scale_n_heads is None:
+        d_model, n_heads = target.d_model, target.n_heads
+    else:
+        t_d = round(target.d_model * (1.0 if scale_d_model is None else float(scale_d_model)))
+        t_h = round(target.n_heads * (1.0 if scale_n_heads is None else float(scale_n_heads)))
+        best, best_cost = None, math.inf
+        for heads in range(max(1, t_h - 2), t_h + 3):
+            cand = max(4, (t_d // heads // 4) * 4) * heads
+            cost = abs(cand - t_d) + 20 * abs(heads - t_h)
+            if cost < best_cost:
+                best, best_cost = (cand, heads), cost
+        d_model, n_heads = max(16, best[0]), max(1, best[1])
+    d_ff = target.d_ff if scale_d_ff is None else max(64, round(target.d_ff * float(scale_d_ff)))
+    e_layers = (
+        target.e_layers
+        if scale_e_layers is None
+        else max(1, round(target.e_layers * float(scale_e_layers)))
+    )
+    return dataclasses.replace(
+        target, d_model=d_model, n_heads=n_heads, d_ff=d_ff, e_layers=e_layers, **overrides
+    )
 
 
 class TimeAttention(nnx.Module):
@@ -183,13 +233,24 @@ def check_context(x, input_token_len: int, *, truncate: bool = False) -> int:
 
 class TimerXL(nnx.Module):
     """Decoder-only Timer-XL. ``model(x)`` with x ``[B, L, C]`` -> ``[B, N * P_out, C]``,
-    N = L / input_token_len; output token n forecasts the patch that follows input token n."""
+    N = L / input_token_len; output token n forecasts the patch that follows input token n.
+
+    With ``config.stochastic`` (STRIDE's stochastic draft) the single ``head`` is replaced by
+    ``head_mean`` and ``head_logvar`` and every forecast is a ``(mean, logvar)`` pair, both
+    ``[B, N * P_out, C]`` in the input's scale (logvar of the per-point Gaussian variance).
+    """
 
     def __init__(self, config: TimerXLConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.embedding = torch_linear(config.input_token_len, config.d_model, rngs=rngs)
         self.blocks = TimerBlock(config, rngs=rngs)
-        self.head = torch_linear(config.d_model, config.output_token_len, rngs=rngs)
+        d, p_out = config.d_model, config.output_token_len
+        if config.stochastic:
+            self.head_mean = torch_linear(d, p_out, rngs=rngs)
+            self.head_logvar = torch_linear(d, p_out, rngs=rngs)
+            self.head_logvar.bias[...] = jnp.full((p_out,), LOGVAR_BIAS_INIT, jnp.float32)
+        else:
+            self.head = torch_linear(d, p_out, rngs=rngs)
 
     def features(self, x, *, truncate: bool = False, last_only: bool = False):
         """Backbone: returns (hidden ``[B, C*N, D]`` or ``[B, C, D]`` with ``last_only``,
@@ -221,21 +282,45 @@ class TimerXL(nnx.Module):
             out = out * stdev + means
         return out
 
+    def denormalize_logvar(self, logvar, stdev, n_tokens: int):
+        """Normalised log-variance ``[B, C*N, P_out]`` -> ``[B, N*P_out, C]``: clamped first
+        (STRIDE), then shifted by 2 log(stdev) since the variance scales with stdev^2."""
+        b, cn, p_out = logvar.shape
+        c = cn // n_tokens
+        logvar = jnp.clip(logvar, *LOGVAR_CLAMP)
+        logvar = logvar.reshape(b, c, n_tokens * p_out).transpose(0, 2, 1)
+        if self.config.use_norm:
+            logvar = logvar + 2.0 * jnp.log(stdev)
+        return logvar
+
+    def _heads(self, h, means, stdev, n_tokens: int):
+        if not self.config.stochastic:
+            return self.denormalize(self.head(h), means, stdev, n_tokens)
+        mean = self.denormalize(self.head_mean(h), means, stdev, n_tokens)
+        return mean, self.denormalize_logvar(self.head_logvar(h), stdev, n_tokens)
+
     def __call__(self, x, *, truncate: bool = False):
         h, means, stdev, n = self.features(x, truncate=truncate)
-        return self.denormalize(self.head(h), means, stdev, n)
+        return self._heads(h, means, stdev, n)
 
     def forecast_next(self, x, *, truncate: bool = False):
-        """The next patch after the context: ``model(x)[:, -P_out:]`` ``[B, P_out, C]``,
-        computing the last layer for each variable's last token only."""
+        """The next patch after the context: ``model(x)[:, -P_out:]`` ``[B, P_out, C]`` (a
+        ``(mean, logvar)`` pair when stochastic), computing the last layer for each variable's
+        last token only."""
         h, means, stdev, _ = self.features(x, truncate=truncate, last_only=True)
-        return self.denormalize(self.head(h), means, stdev, 1)
+        return self._heads(h, means, stdev, 1)
+
+    def forecast_next_mean(self, x, *, truncate: bool = False):
+        """The point forecast of the next patch ``[B, P_out, C]`` (the mean when stochastic)."""
+        out = self.forecast_next(x, truncate=truncate)
+        return out[0] if self.config.stochastic else out
 
 
 def rolling_forecast(model: TimerXL, x, pred_len: int, *, truncate: bool = False):
     """OpenLTM's test loop as one compiled program: ``ceil(pred_len / P_out)`` steps; each step
     forecasts the next patch from the last token, drops the ``input_token_len`` oldest points and
-    appends that patch; the result is truncated to ``pred_len``. Always runs in eval mode.
+    appends that patch; the result is truncated to ``pred_len``. Always runs in eval mode. A
+    stochastic model rolls its mean (STRIDE's deterministic draft evaluation).
 
     x ``[B, L, C]`` -> ``[B, pred_len, C]``.
     """
@@ -268,7 +353,7 @@ def _rolling_jit(graphdef, state, x, pred_len: int):
     steps = math.ceil(pred_len / p_out)
 
     def step(ctx):
-        nxt = model.forecast_next(ctx)  # [B, P_out, C] == model(ctx)[:, -P_out:]
+        nxt = model.forecast_next_mean(ctx)  # [B, P_out, C] == model(ctx)[:, -P_out:]
         return jnp.concatenate([ctx[:, p:], nxt], axis=1), nxt
 
     if p == p_out:
