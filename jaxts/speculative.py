@@ -1,0 +1,402 @@
+"""Speculative decoding for continuous patches: a draft Timer-XL proposes ``k`` patches, the target
+verifies them in one call, and the whole horizon is one compiled ``lax.while_loop``.
+
+Three acceptance rules (see docs/speculative.md for the derivations):
+
+* ``"exact"``: speculative sampling generalised to densities (Leviathan et al. 2023, Chen et al.
+  2023). The target's next patch is Gaussian, N(mu_p, sigma^2 I) (or the target's own variance
+  when it is stochastic); a proposal x ~ q is kept with probability min(1, p(x)/q(x)); on the first
+  rejection a patch is drawn from the residual max(0, p - q) / Z (by rejection from p, accepting y
+  with probability 1 - q(y)/p(y)); when all k are kept the verification pass already holds the
+  target's next patch, so one more is sampled from it. The output is distributed exactly as
+  target-only ancestral sampling (:func:`sample_target`), whatever the draft.
+* ``"stride"``: STRIDE's rule (``utils/speculative_decoder.py``), kept for comparison. It drops the
+  Gaussian normalisers and uses the draft variance averaged over the patch, so it is *not*
+  distribution-preserving. Computed, as upstream, on patches normalised with the initial
+  context's statistics when the target uses instance normalisation.
+* ``"tolerance"``: deterministic: the draft mean is kept while its RMS distance to the target mean
+  is <= ``tol``; otherwise the target mean is emitted. ``tol=0`` reproduces
+  :func:`jaxts.models.timer_xl.rolling_forecast` of the target.
+
+Every sample of a batch has its own context and progresses at its own pace (1 to k+1 patches per
+round); the loop runs until every sample has ``ceil(pred_len / P)`` patches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxts.models.timer_xl import INSTANCE_NORM_EPS, TimerXL, check_context
+
+RULES = ("exact", "stride", "tolerance")
+K_MIN, K_MAX = 1, 8  # STRIDE's adaptive-k bounds
+ADAPT_UP, ADAPT_DOWN = 0.7, 0.3  # STRIDE: k+1 above 70% acceptance, k-1 below 30%
+LOG_RATIO_CAP = 20.0  # STRIDE caps the log-ratio before exp
+MAX_RESIDUAL_TRIES = 64
+_LOG_2PI = math.log(2.0 * math.pi)
+
+__all__ = ["RULES", "SpecResult", "generate", "sample_target"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecResult:
+    """What :func:`generate` returns (host values).
+
+    forecast ``[B, pred_len, C]``; accepted / attempted ``[B]``: draft patches kept / judged per
+    sample; target_calls / draft_calls: model invocations (each over the whole batch);
+    rounds: loop iterations; residual_fallbacks: ``"exact"`` corrections whose residual sampler
+    ran out of tries and fell back to a target sample (0 in a correct run, reported to check);
+    k_final: the last k (differs from k only with ``adaptive``).
+    """
+
+    forecast: np.ndarray
+    accepted: np.ndarray
+    attempted: np.ndarray
+    target_calls: int
+    draft_calls: int
+    rounds: int
+    residual_fallbacks: int
+    k_final: int
+
+    @property
+    def acceptance_rate(self) -> float:
+        att = int(self.attempted.sum())
+        return float(self.accepted.sum()) / att if att else 0.0
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class _LoopState:
+    ctx: jax.Array  # [B, L, C] each sample's current context
+    out: jax.Array  # [B, (S + K_max + 1) * P, C] emitted patches, S = patches needed
+    n_out: jax.Array  # [B] patches emitted so far
+    accepted: jax.Array  # [B]
+    attempted: jax.Array  # [B]
+    target_calls: jax.Array  # []
+    draft_calls: jax.Array  # []
+    rounds: jax.Array  # []
+    fallbacks: jax.Array  # []
+    k: jax.Array  # [] current k (adaptive)
+    key: jax.Array
+
+
+def _roll(ctx, patch):
+    """Drop the oldest patch of ``ctx`` ``[B, L, C]`` and append ``patch`` ``[B, P, C]``."""
+    return jnp.concatenate([ctx[:, patch.shape[1] :], patch], axis=1)
+
+
+def _next_patch(model: TimerXL, ctx):
+    """(mean, variance or None) of the next patch, both ``[B, P, C]``."""
+    if model.config.stochastic:
+        mean, logvar = model.forecast_next(ctx)
+        return mean, jnp.exp(logvar)
+    return model.forecast_next(ctx), None
+
+
+def _gauss_logpdf(x, mean, var):
+    """Diagonal Gaussian log-density summed over the patch: ``[..., P, C]`` -> ``[...]``."""
+    return -0.5 * jnp.sum((x - mean) ** 2 / var + jnp.log(var) + _LOG_2PI, axis=(-2, -1))
+
+
+def _check_pair(target: TimerXL, draft: TimerXL | None, context) -> int:
+    tc = target.config
+    if tc.input_token_len != tc.output_token_len:
+        raise ValueError(
+            "speculative decoding needs input_token_len == output_token_len (every emitted patch "
+            f"becomes one context token); target has {tc.input_token_len} != {tc.output_token_len}"
+        )
+    if draft is not None:
+        dc = draft.config
+        if (dc.input_token_len, dc.output_token_len) != (tc.input_token_len, tc.output_token_len):
+            raise ValueError(
+                f"draft tokens {dc.input_token_len}/{dc.output_token_len} differ from the "
+                f"target's {tc.input_token_len}/{tc.output_token_len}"
+            )
+    check_context(context, tc.input_token_len)  # shape, length % P, NaN/inf
+    return tc.input_token_len
+
+
+def generate(
+    target: TimerXL,
+    draft: TimerXL,
+    context,
+    pred_len: int,
+    *,
+    k: int = 3,
+    rule: str = "exact",
+    sigma: float = 0.25,
+    accept_bias: float = 1.0,
+    tol: float | None = None,
+    key: jax.Array,
+    adaptive: bool = False,
+    max_residual_tries: int = MAX_RESIDUAL_TRIES,
+) -> SpecResult:
+    """Forecast ``pred_len`` steps after ``context`` ``[B, L, C]`` by speculative decoding.
+
+    ``sigma``: the target's sampling noise (std of N(mu_p, sigma^2 I), in the data's scale; the
+    proposal noise of a deterministic draft too). ``accept_bias`` (``"stride"`` only) multiplies
+    the ratio. ``tol``: the RMS tolerance of ``"tolerance"`` (required), or STRIDE's optional MSE
+    tolerance for ``"stride"`` (normalised space; proposals within it are always accepted).
+    ``adaptive``: STRIDE's adaptive k within [1, 8], starting at ``k``. Runs in eval mode; one
+    compilation per (shapes, pred_len, k, rule, adaptive); sigma, accept_bias and tol are traced.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if not isinstance(k, (int, np.integer)) or not K_MIN <= k <= K_MAX:
+        raise ValueError(f"k must be an integer in [{K_MIN}, {K_MAX}], got {k!r}")
+    if int(pred_len) <= 0:
+        raise ValueError(f"pred_len must be positive, got {pred_len}")
+    if rule != "tolerance" and not float(sigma) > 0:
+        raise ValueError(f"sigma must be positive for rule {rule!r}, got {sigma}")
+    if rule == "tolerance" and (tol is None or not float(tol) >= 0):
+        raise ValueError(f"rule 'tolerance' needs tol >= 0, got {tol}")
+    if rule == "stride" and tol is not None and not float(tol) >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    if not float(accept_bias) > 0:
+        raise ValueError(f"accept_bias must be positive, got {accept_bias}")
+    if int(max_residual_tries) < 1:
+        raise ValueError("max_residual_tries must be >= 1")
+    _check_pair(target, draft, context)
+    tg, ts = nnx.split(target)
+    dg, ds = nnx.split(draft)
+    scalars = jnp.asarray(
+        [sigma, accept_bias, -1.0 if tol is None else tol], jnp.float32
+    )  # traced: sweeps over them reuse one compilation
+    st = _generate_jit(
+        tg, ts, dg, ds, jnp.asarray(context, jnp.float32), key, scalars,
+        int(pred_len), int(k), rule, bool(adaptive), int(max_residual_tries),
+    )  # fmt: skip
+    st = jax.device_get(st)
+    return SpecResult(
+        forecast=np.asarray(st.out[:, : int(pred_len)]),
+        accepted=np.asarray(st.accepted),
+        attempted=np.asarray(st.attempted),
+        target_calls=int(st.target_calls),
+        draft_calls=int(st.draft_calls),
+        rounds=int(st.rounds),
+        residual_fallbacks=int(st.fallbacks),
+        k_final=int(st.k),
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 7, 8, 9, 10, 11))
+def _generate_jit(tg, ts, dg, ds, x, key, scalars, pred_len, k, rule, adaptive, max_tries):
+    target, draft = nnx.merge(tg, ts), nnx.merge(dg, ds)
+    target.eval()
+    draft.eval()
+    sigma, accept_bias, tol = scalars[0], scalars[1], scalars[2]
+    b, _, c = x.shape
+    p = target.config.output_token_len
+    steps = math.ceil(pred_len / p)
+    k_cap = K_MAX if adaptive else k
+    if target.config.use_norm:  # STRIDE judges patches normalised with the initial context
+        mean0 = x.mean(axis=1, keepdims=True)  # [B, 1, C]
+        std0 = jnp.sqrt(jnp.var(x, axis=1, keepdims=True) + INSTANCE_NORM_EPS)
+    else:
+        mean0, std0 = jnp.zeros((b, 1, c)), jnp.ones((b, 1, c))
+
+    def round_body(kk: int, s: _LoopState) -> _LoopState:
+        """One round with a static k: k draft calls, one target call (+1 STRIDE bonus call)."""
+        key, k_draft, k_u, k_fix, k_bonus = jax.random.split(s.key, 5)
+        active = s.n_out < steps  # [B]
+
+        def propose(ctx, kd):
+            mu_q, var_q = _next_patch(draft, ctx)  # [B, P, C]
+            if var_q is None:
+                var_q = jnp.broadcast_to(sigma**2, mu_q.shape)
+            if rule == "tolerance":
+                xi = mu_q
+            else:
+                xi = mu_q + jnp.sqrt(var_q) * jax.random.normal(kd, mu_q.shape)
+            return _roll(ctx, xi), (xi, mu_q, var_q)
+
+        _, (xs, mu_q, var_q) = jax.lax.scan(
+            propose, s.ctx, jax.random.split(k_draft, kk)
+        )  # each [k, B, P, C]
+
+        # Verification windows W_0..W_k: W_i = context after i proposals. STRIDE's rule verifies
+        # W_0..W_{k-1} and pays a separate call for the bonus; the others take W_k in the same
+        # call, so the bonus patch comes with the verification.
+        n_win = kk if rule == "stride" else kk + 1
+        wins = [s.ctx]
+        for i in range(n_win - 1):
+            wins.append(_roll(wins[-1], xs[i]))
+        mu_p, var_p = _next_patch(target, jnp.concatenate(wins, axis=0))  # [n_win*B, P, C]
+        mu_p = mu_p.reshape(n_win, b, p, c)
+        var_p = None if var_p is None else var_p.reshape(n_win, b, p, c)
+        u = jax.random.uniform(k_u, (kk, b))
+
+        if rule == "exact":
+            vp = jnp.broadcast_to(sigma**2, mu_p.shape) if var_p is None else var_p
+            log_ratio = _gauss_logpdf(xs, mu_p[:kk], vp[:kk]) - _gauss_logpdf(xs, mu_q, var_q)
+            accept = jnp.log(u) <= jnp.minimum(log_ratio, 0.0)  # [k, B]
+        elif rule == "stride":
+            xn, pn, qn = ((a - mean0) / std0 for a in (xs, mu_p, mu_q))
+            if draft.config.stochastic:  # patch-averaged draft variance, normalised units
+                vq = jnp.mean(var_q / std0**2, axis=(-2, -1))  # [k, B]
+            else:  # STRIDE: sigma^2 for both terms (normalised units, unlike the sampling)
+                vq = sigma**2
+            log_ratio = -jnp.sum((xn - pn) ** 2, axis=(-2, -1)) / (2 * sigma**2) + jnp.sum(
+                (xn - qn) ** 2, axis=(-2, -1)
+            ) / (2 * vq)
+            alpha = jnp.minimum(
+                1.0, jnp.exp(jnp.minimum(log_ratio, LOG_RATIO_CAP)) * jnp.maximum(accept_bias, 1.0)
+            )
+            within = (tol > 0) & (jnp.mean((pn - xn) ** 2, axis=(-2, -1)) <= tol)
+            accept = (u <= alpha) | within
+        else:  # tolerance
+            rms = jnp.sqrt(jnp.mean((mu_q - mu_p[:kk]) ** 2, axis=(-2, -1)))
+            accept = rms <= tol
+
+        n_acc = jnp.sum(jnp.cumprod(accept.astype(jnp.int32), axis=0), axis=0)  # [B] in [0, k]
+        all_acc = n_acc == kk
+        j = jnp.minimum(n_acc, n_win - 1)  # window of the patch emitted after the kept ones
+
+        def at(a):  # a [n, B, P, C] -> a[j_b, b] [B, P, C]
+            return jnp.take_along_axis(a, j[None, :, None, None], axis=0)[0]
+
+        fallbacks = jnp.zeros((), jnp.int32)
+        extra_calls = 0
+        if rule == "tolerance":
+            extra = at(mu_p)
+        elif rule == "stride":
+            # rejection at i: target mean of W_i plus noise; all kept: one more target call on
+            # the samples that need it (the call is made, and counted, only if any does).
+            fix = at(mu_p) + sigma * jax.random.normal(k_fix, (b, p, c))
+            w_k = _roll(wins[-1], xs[kk - 1])
+            need = all_acc & active
+            bonus = jax.lax.cond(
+                jnp.any(need),
+                lambda: _next_patch(target, w_k)[0],
+                lambda: jnp.zeros((b, p, c), jnp.float32),
+            )
+            bonus = bonus + sigma * jax.random.normal(k_bonus, (b, p, c))
+            extra = jnp.where(all_acc[:, None, None], bonus, fix)
+            extra_calls = jnp.any(need).astype(jnp.int32)
+        else:  # exact
+            vp = jnp.broadcast_to(sigma**2, mu_p.shape) if var_p is None else var_p
+            mp_j, vp_j = at(mu_p), at(vp)
+            bonus = mp_j + jnp.sqrt(vp_j) * jax.random.normal(k_bonus, (b, p, c))
+            jq = jnp.minimum(n_acc, kk - 1)
+            mq_j = jnp.take_along_axis(mu_q, jq[None, :, None, None], axis=0)[0]
+            vq_j = jnp.take_along_axis(var_q, jq[None, :, None, None], axis=0)[0]
+            fix, ok = _sample_residual(k_fix, mp_j, vp_j, mq_j, vq_j, max_tries)
+            extra = jnp.where(all_acc[:, None, None], bonus, fix)
+            fallbacks = jnp.sum(active & ~all_acc & ~ok).astype(jnp.int32)
+
+        # Emitted this round: the kept proposals then ``extra`` at position n_acc (positions
+        # after it are scratch, overwritten next round).
+        emitted = jnp.concatenate([xs, jnp.zeros((1, b, p, c))], axis=0)  # [k+1, B, P, C]
+        emitted = jnp.where(
+            (jnp.arange(kk + 1)[:, None] == n_acc[None, :])[..., None, None], extra[None], emitted
+        )
+        emitted = emitted.transpose(1, 0, 2, 3).reshape(b, (kk + 1) * p, c)  # [B, (k+1)P, C]
+        n_new = n_acc + 1
+
+        def write(buf, block, start):
+            return jax.lax.dynamic_update_slice(buf, block, (start * p, 0))
+
+        out = jax.vmap(write)(s.out, emitted, s.n_out)
+        ext = jnp.concatenate([s.ctx, emitted], axis=1)  # [B, L + (k+1)P, C]
+        ctx = jax.vmap(lambda e, n: jax.lax.dynamic_slice(e, (n * p, 0), s.ctx.shape[1:]))(
+            ext, n_new
+        )
+        keep = active[:, None, None]
+        acc_add = jnp.where(active, n_acc, 0)
+        att_add = jnp.where(active, jnp.minimum(n_acc + 1, kk), 0)
+        return _LoopState(
+            ctx=jnp.where(keep, ctx, s.ctx),
+            out=jnp.where(keep, out, s.out),
+            n_out=jnp.where(active, s.n_out + n_new, s.n_out),
+            accepted=s.accepted + acc_add,
+            attempted=s.attempted + att_add,
+            target_calls=s.target_calls + 1 + extra_calls,
+            draft_calls=s.draft_calls + kk,
+            rounds=s.rounds + 1,
+            fallbacks=s.fallbacks + fallbacks,
+            k=s.k,
+            key=key,
+        )
+
+    def body(s: _LoopState) -> _LoopState:
+        if not adaptive:
+            return round_body(k, s)
+        s = jax.lax.switch(
+            s.k - K_MIN, [functools.partial(round_body, kk) for kk in range(K_MIN, K_MAX + 1)], s
+        )
+        rate = jnp.sum(s.accepted) / jnp.maximum(jnp.sum(s.attempted), 1)
+        k_new = jnp.where(rate > ADAPT_UP, s.k + 1, jnp.where(rate < ADAPT_DOWN, s.k - 1, s.k))
+        return dataclasses.replace(s, k=jnp.clip(k_new, K_MIN, K_MAX))
+
+    zero = jnp.zeros((), jnp.int32)
+    init = _LoopState(
+        ctx=x,
+        out=jnp.zeros((b, (steps + k_cap + 1) * p, c), jnp.float32),
+        n_out=jnp.zeros((b,), jnp.int32),
+        accepted=jnp.zeros((b,), jnp.int32),
+        attempted=jnp.zeros((b,), jnp.int32),
+        target_calls=zero,
+        draft_calls=zero,
+        rounds=zero,
+        fallbacks=zero,
+        k=jnp.asarray(k, jnp.int32),
+        key=key,
+    )
+    return jax.lax.while_loop(lambda s: jnp.any(s.n_out < steps), body, init)
+
+
+def _sample_residual(key, mp, vp, mq, vq, max_tries: int):
+    """A draw from max(0, p - q) / Z for diagonal Gaussians p, q ``[B, P, C]``, by rejection from
+    p: y ~ p is kept with probability 1 - min(1, q(y)/p(y)). Returns (sample, found ``[B]``);
+    where no try succeeded the last draw from p is returned (counted by the caller)."""
+    b = mp.shape[0]
+    k_y, k_u = jax.random.split(key)
+    y = mp + jnp.sqrt(vp) * jax.random.normal(k_y, (max_tries, *mp.shape))  # [T, B, P, C]
+    log_q_over_p = _gauss_logpdf(y, mq, vq) - _gauss_logpdf(y, mp, vp)  # [T, B]
+    u = jax.random.uniform(k_u, (max_tries, b))
+    # keep y with probability 1 - min(1, q/p)  <=>  u < 1 - q/p  <=>  log(1 - u) > log(q/p)
+    ok = jnp.log1p(-u) > log_q_over_p  # [T, B]
+    first = jnp.argmax(ok, axis=0)  # first success (0 if none)
+    found = jnp.any(ok, axis=0)
+    idx = jnp.where(found, first, max_tries - 1)
+    return jnp.take_along_axis(y, idx[None, :, None, None], axis=0)[0], found
+
+
+def sample_target(target: TimerXL, context, pred_len: int, *, sigma: float = 0.25, key):
+    """Target-only ancestral sampling, the distribution ``"exact"`` reproduces: each next patch is
+    drawn from N(mu_p, sigma^2 I) (the target's own variance when it is stochastic) and appended
+    to the sliding context. context ``[B, L, C]`` -> ``[B, pred_len, C]``."""
+    if not float(sigma) > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    if int(pred_len) <= 0:
+        raise ValueError(f"pred_len must be positive, got {pred_len}")
+    _check_pair(target, None, context)
+    tg, ts = nnx.split(target)
+    out = _sample_target_jit(
+        tg, ts, jnp.asarray(context, jnp.float32), key, jnp.float32(sigma), int(pred_len)
+    )
+    return np.asarray(out)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _sample_target_jit(tg, ts, x, key, sigma, pred_len):
+    target = nnx.merge(tg, ts)
+    target.eval()
+    p = target.config.output_token_len
+    steps = math.ceil(pred_len / p)
+
+    def step(ctx, kk):
+        mu, var = _next_patch(target, ctx)
+        std = sigma if var is None else jnp.sqrt(var)
+        nxt = mu + std * jax.random.normal(kk, mu.shape)
+        return _roll(ctx, nxt), nxt
+
+    _, outs = jax.lax.scan(step, x, jax.random.split(key, steps))  # [S, B, P, C]
+    return outs.transpose(1, 0, 2, 3).reshape(x.shape[0], steps * p, x.shape[2])[:, :pred_len]
