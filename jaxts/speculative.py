@@ -287,9 +287,10 @@ def _generate_jit(tg, ts, dg, ds, x, key, scalars, pred_len, k, rule, adaptive, 
             jq = jnp.minimum(n_acc, kk - 1)
             mq_j = jnp.take_along_axis(mu_q, jq[None, :, None, None], axis=0)[0]
             vq_j = jnp.take_along_axis(var_q, jq[None, :, None, None], axis=0)[0]
-            fix, ok = _sample_residual(k_fix, mp_j, vp_j, mq_j, vq_j, max_tries)
+            need = active & ~all_acc
+            fix, ok = _sample_residual(k_fix, mp_j, vp_j, mq_j, vq_j, need, max_tries)
             extra = jnp.where(all_acc[:, None, None], bonus, fix)
-            fallbacks = jnp.sum(active & ~all_acc & ~ok).astype(jnp.int32)
+            fallbacks = jnp.sum(need & ~ok).astype(jnp.int32)
 
         # Emitted this round: the kept proposals then ``extra`` at position n_acc (positions
         # after it are scratch, overwritten next round).
@@ -352,21 +353,32 @@ def _generate_jit(tg, ts, dg, ds, x, key, scalars, pred_len, k, rule, adaptive, 
     return jax.lax.while_loop(lambda s: jnp.any(s.n_out < steps), body, init)
 
 
-def _sample_residual(key, mp, vp, mq, vq, max_tries: int):
+def _sample_residual(key, mp, vp, mq, vq, need, max_tries: int):
     """A draw from max(0, p - q) / Z for diagonal Gaussians p, q ``[B, P, C]``, by rejection from
-    p: y ~ p is kept with probability 1 - min(1, q(y)/p(y)). Returns (sample, found ``[B]``);
-    where no try succeeded the last draw from p is returned (counted by the caller)."""
-    b = mp.shape[0]
-    k_y, k_u = jax.random.split(key)
-    y = mp + jnp.sqrt(vp) * jax.random.normal(k_y, (max_tries, *mp.shape))  # [T, B, P, C]
-    log_q_over_p = _gauss_logpdf(y, mq, vq) - _gauss_logpdf(y, mp, vp)  # [T, B]
-    u = jax.random.uniform(k_u, (max_tries, b))
-    # keep y with probability 1 - min(1, q/p)  <=>  u < 1 - q/p  <=>  log(1 - u) > log(q/p)
-    ok = jnp.log1p(-u) > log_q_over_p  # [T, B]
-    first = jnp.argmax(ok, axis=0)  # first success (0 if none)
-    found = jnp.any(ok, axis=0)
-    idx = jnp.where(found, first, max_tries - 1)
-    return jnp.take_along_axis(y, idx[None, :, None, None], axis=0)[0], found
+    p: y ~ p is kept with probability 1 - min(1, q(y)/p(y)) (expected tries 1 / TV(p, q)).
+
+    Tries run in a while loop that stops once every sample in ``need`` ``[B]`` has a draw, so the
+    usual one or two tries cost one or two draws, not ``max_tries``. Returns (sample, found
+    ``[B]``); where no try succeeded the last draw from p is returned (counted by the caller)."""
+
+    def cond(st):
+        t, _, found, _ = st
+        return (t < max_tries) & jnp.any(need & ~found)
+
+    def body(st):
+        t, key, found, y_old = st
+        key, k_y, k_u = jax.random.split(key, 3)
+        y = mp + jnp.sqrt(vp) * jax.random.normal(k_y, mp.shape)  # [B, P, C] ~ p
+        log_q_over_p = _gauss_logpdf(y, mq, vq) - _gauss_logpdf(y, mp, vp)  # [B]
+        # keep with probability 1 - min(1, q/p)  <=>  u < 1 - q/p  <=>  log(1 - u) > log(q/p)
+        ok = jnp.log1p(-jax.random.uniform(k_u, found.shape)) > log_q_over_p
+        take = ~found  # samples still searching take this draw (success or latest fallback)
+        y_new = jnp.where(take[:, None, None], y, y_old)
+        return t + 1, key, found | ok, y_new
+
+    init = (jnp.zeros((), jnp.int32), key, jnp.zeros(need.shape, bool), mp)
+    _, _, found, y = jax.lax.while_loop(cond, body, init)
+    return y, found
 
 
 def sample_target(target: TimerXL, context, pred_len: int, *, sigma: float = 0.25, key):
