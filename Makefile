@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m train.target --config configs/timer_xl_etth1_cpu.yaml
+	$(BIN)/python -m eval.spec
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.timer_xl
+	$(BIN)/python -m bench.spec
 
 clean-venv:
 	rm -rf $(VENV)

@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"cartesian sweep over {list(SWEEP_AXES)}")  # fmt: skip
     p.add_argument("--window-stride", type=int, default=8, help="use every n-th test window")
     p.add_argument("--max-windows", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=1, help="1: the latency setting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/spec_etth1")
     p.add_argument("--debug-csv", default=None, help="write per-window acceptance here")

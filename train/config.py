@@ -1,4 +1,5 @@
-"""Run configuration: a YAML file with sections ``model``, ``data``, ``optim`` and ``run``.
+"""Run configuration: a YAML file with sections ``model``, ``data``, ``optim`` and ``run`` (and
+``distill`` for ``train.distill``).
 
 Every key is checked: an unknown key in any section (or an unknown section) is an error that
 lists all offenders, because a silently ignored typo (``learing_rate``) is the worst failure
@@ -21,6 +22,7 @@ import yaml
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "DistillConfig",
     "OptimConfig",
     "RunConfig",
     "RunSection",
@@ -90,18 +92,68 @@ class RunSection:
             raise ConfigError(f"run.horizons must be positive integers, got {self.horizons}")
 
 
+TEACHER_FORMATS = ("auto", "jaxts", "openltm")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation of a STRIDE draft from a frozen teacher (``train.distill``).
+
+    The ``model`` section of a distillation run describes the *teacher* (the target the draft
+    scales are applied to); the draft is ``draft_config(teacher, scale_*, stochastic=...)``.
+    """
+
+    # A jaxts model directory (train.target's RUN/best) or an OpenLTM/STRIDE checkpoint.pth.
+    teacher: str | None = None
+    # 'auto' (a directory is a jaxts checkpoint, a file an OpenLTM one), 'jaxts' or 'openltm'.
+    teacher_format: str = "auto"
+    # STRIDE's --draft_scale_*; null keeps the teacher's value.
+    scale_d_model: float | None = 0.25
+    scale_n_heads: float | None = 0.25
+    scale_d_ff: float | None = 0.25
+    scale_e_layers: float | None = 0.25
+    stochastic: bool = False  # --draft_stochastic: mean + log-variance heads, Gaussian NLL loss
+    var_reg: float = 0.0  # --draft_nll_var_reg: var_reg * mean(relu(-logvar - 5))
+    teacher_noise: float = 0.0  # --draft_teacher_noise: teacher targets + noise * N(0, 1)
+    teacher_dropout: float = 0.0  # --draft_teacher_dropout: > 0 runs the teacher with dropout
+    init_from: str | None = None  # a pretrained draft (jaxts directory or .pth) to start from
+
+    def __post_init__(self):
+        if self.teacher_format not in TEACHER_FORMATS:
+            raise ConfigError(
+                f"distill.teacher_format must be one of {list(TEACHER_FORMATS)}, "
+                f"got {self.teacher_format!r}"
+            )
+        for name in ("scale_d_model", "scale_n_heads", "scale_d_ff", "scale_e_layers"):
+            v = getattr(self, name)
+            if v is not None and not (v > 0 and math.isfinite(v)):
+                raise ConfigError(f"distill.{name} must be positive or null, got {v}")
+        for name in ("var_reg", "teacher_noise"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ConfigError(f"distill.{name} must be >= 0, got {v}")
+        if not 0.0 <= self.teacher_dropout < 1.0:
+            raise ConfigError(
+                f"distill.teacher_dropout must be in [0, 1), got {self.teacher_dropout}"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """A whole run. ``model`` holds the model's own config fields plus ``name``."""
+    """A whole run. ``model`` holds the model's own config fields plus ``name``. ``distill`` is
+    present only in distillation configs (None otherwise, and then left out of ``to_dict``)."""
 
     model: dict[str, Any]
     data: DataConfig
     optim: OptimConfig
     run: RunSection
+    distill: DistillConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["run"]["horizons"] = list(self.run.horizons)
+        if self.distill is None:
+            del out["distill"]
         return out
 
 
@@ -210,13 +262,15 @@ def config_from_dict(raw: Any) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"a run config must be a mapping, got {type(raw).__name__}")
     errors: list[str] = []
-    unknown = sorted(set(raw) - {"model", *_SECTIONS})
+    unknown = sorted(set(raw) - {"model", *_SECTIONS, "distill"})
     if unknown:
         errors.append(
             f"unknown sections: {', '.join(map(str, unknown))} "
-            f"(known: model, {', '.join(_SECTIONS)})"
+            f"(known: model, {', '.join(_SECTIONS)}, distill)"
         )
     sections = {name: _build(cls, name, raw.get(name), errors) for name, cls in _SECTIONS.items()}
+    if "distill" in raw:
+        sections["distill"] = _build(DistillConfig, "distill", raw["distill"], errors)
 
     model_raw = raw.get("model") or {}
     model: dict[str, Any] | None = None

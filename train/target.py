@@ -6,6 +6,10 @@ forecast``): the loss is the MSE of every token's next patch, validation optiona
 token only (``valid_last``), early stopping on validation loss, and at the end the best model's
 rolling forecasts at 96/192/336/720 on the test split.
 
+A stochastic model (``model.stochastic: true``, e.g. a STRIDE draft pre-trained before
+distillation) is trained with the Gaussian NLL of its (mean, log-variance) against the data
+instead, and validated (early stopping) on the MSE of its mean.
+
 Re-running the same command with the same ``--out`` resumes an interrupted run.
 """
 
@@ -23,7 +27,15 @@ import numpy as np
 from jaxts.data import DataError
 from train.config import ConfigError, RunConfig, dump_config, load_config, model_config
 
-__all__ = ["LastPatch", "main", "next_patch_loss", "run"]
+__all__ = [
+    "LastPatch",
+    "main",
+    "next_patch_loss",
+    "next_patch_mean_mse",
+    "next_patch_nll",
+    "run",
+    "trainer_config",
+]
 
 
 def next_patch_loss(model, batch, mask):
@@ -35,6 +47,26 @@ def next_patch_loss(model, batch, mask):
     x, y = batch
     pred = model(x)  # [B, N*P_out, C]
     return masked_mse(pred[:, -y.shape[1] :], y, mask)
+
+
+def next_patch_nll(model, batch, mask):
+    """A stochastic model's Gaussian NLL (STRIDE's form, see ``masked_gaussian_nll``) of the
+    data ``y`` under its (mean, logvar) forecasts of every token's (or the last token's) patch."""
+    from train.trainer import masked_gaussian_nll
+
+    x, y = batch
+    mean, logvar = model(x)  # [B, N*P_out, C] each
+    h = y.shape[1]
+    return masked_gaussian_nll(mean[:, -h:], logvar[:, -h:], y, mask)
+
+
+def next_patch_mean_mse(model, batch, mask):
+    """:func:`next_patch_loss` of a stochastic model's mean (STRIDE's validation)."""
+    from train.trainer import masked_mse
+
+    x, y = batch
+    mean, _ = model(x)
+    return masked_mse(mean[:, -y.shape[1] :], y, mask)
 
 
 class LastPatch:
@@ -51,9 +83,9 @@ class LastPatch:
 
 
 def _check_resume_compatible(cfg: RunConfig, out: Path) -> None:
-    """Refuse to resume a run in ``out`` that was started with different model/data/optim
-    settings: its checkpoints would silently mix two experiments. (data_dir may change: it is
-    where the files are, not which data.)"""
+    """Refuse to resume a run in ``out`` that was started with different model/data/optim (and
+    distill) settings: its checkpoints would silently mix two experiments. (data_dir may change:
+    it is where the files are, not which data.)"""
     import yaml
 
     path = out / "config.yaml"
@@ -63,16 +95,40 @@ def _check_resume_compatible(cfg: RunConfig, out: Path) -> None:
         old = yaml.safe_load(f) or {}
     new = cfg.to_dict()
     diff = [
-        f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {new[sec].get(k)!r}"
-        for sec in ("model", "data", "optim")
-        for k in sorted(set(new[sec]) | set(old.get(sec) or {}))
-        if (old.get(sec) or {}).get(k) != new[sec].get(k) and (sec, k) != ("data", "data_dir")
+        f"{sec}.{k}: {(old.get(sec) or {}).get(k)!r} -> {(new.get(sec) or {}).get(k)!r}"
+        for sec in ("model", "data", "optim", "distill")
+        for k in sorted(set(new.get(sec) or {}) | set(old.get(sec) or {}))
+        if (old.get(sec) or {}).get(k) != (new.get(sec) or {}).get(k)
+        and (sec, k) != ("data", "data_dir")
     ]
     if diff:
         raise ConfigError(
             f"{out} holds a run with other settings ({'; '.join(diff)}); "
             "use another --out or delete that folder"
         )
+
+
+def trainer_config(cfg: RunConfig):
+    """The Trainer settings of a run config (optim + run sections, ``run.out_dir``)."""
+    from train.trainer import TrainerConfig
+
+    o = cfg.optim
+    return TrainerConfig(
+        out_dir=str(cfg.run.out_dir),
+        learning_rate=o.learning_rate,
+        batch_size=o.batch_size,
+        train_epochs=o.train_epochs,
+        patience=o.patience,
+        lradj=o.lradj,
+        tmax=o.tmax,
+        weight_decay=o.weight_decay,
+        seed=o.seed,
+        max_steps_per_epoch=o.max_steps_per_epoch,
+        ckpt_every_steps=cfg.run.ckpt_every_steps,
+        log_every_steps=cfg.run.log_every_steps,
+        max_to_keep=cfg.run.max_to_keep,
+        progress=cfg.run.progress,
+    )
 
 
 def run(cfg: RunConfig) -> dict:
@@ -84,8 +140,10 @@ def run(cfg: RunConfig) -> dict:
     from jaxts.checkpoint import load_model
     from jaxts.data import NextPatchWindows, load_split
     from jaxts.models.timer_xl import TimerXL
-    from train.trainer import Trainer, TrainerConfig
+    from train.trainer import Trainer
 
+    if cfg.distill is not None:
+        raise ConfigError("the 'distill' section belongs to python -m train.distill")
     mcfg = model_config(cfg)
     d, o = cfg.data, cfg.optim
     if d.seq_len % mcfg.input_token_len:
@@ -112,28 +170,16 @@ def run(cfg: RunConfig) -> dict:
     model = TimerXL(mcfg, rngs=nnx.Rngs(params=o.seed, dropout=o.seed + 1))
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     print(f"Timer-XL: {n_params:,} parameters", flush=True)
-    tcfg = TrainerConfig(
-        out_dir=str(out),
-        learning_rate=o.learning_rate,
-        batch_size=o.batch_size,
-        train_epochs=o.train_epochs,
-        patience=o.patience,
-        lradj=o.lradj,
-        tmax=o.tmax,
-        weight_decay=o.weight_decay,
-        seed=o.seed,
-        max_steps_per_epoch=o.max_steps_per_epoch,
-        ckpt_every_steps=cfg.run.ckpt_every_steps,
-        log_every_steps=cfg.run.log_every_steps,
-        max_to_keep=cfg.run.max_to_keep,
-        progress=cfg.run.progress,
-    )
+    tcfg = trainer_config(cfg)
+    if mcfg.stochastic:
+        print("stochastic model: Gaussian NLL loss, validation on the mean's MSE", flush=True)
     trainer = Trainer(
         model,
         tcfg,
-        next_patch_loss,
+        next_patch_nll if mcfg.stochastic else next_patch_loss,
         train_ds,
         LastPatch(val_ds) if o.valid_last else val_ds,
+        next_patch_mean_mse if mcfg.stochastic else None,
     )
     t0 = time.perf_counter()
     result = trainer.fit()

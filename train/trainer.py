@@ -48,6 +48,8 @@ __all__ = [
     "TrainerConfig",
     "epoch_order",
     "learning_rate_at",
+    "masked_gaussian_nll",
+    "masked_mean",
     "masked_mse",
 ]
 
@@ -66,15 +68,29 @@ class BatchSource(Protocol):
 LossFn = Callable[..., jax.Array]
 
 
-def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
-    """MSE over all elements of the valid examples. pred/target ``[B, ...]``, mask ``[B]``.
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over all elements of the valid examples. values ``[B, ...]``, mask ``[B]``.
 
-    Every example has the same number of elements, so this equals ``nn.MSELoss`` on the
-    unpadded batch. ``where`` (not a product) keeps a NaN in a padding row out of the sum.
+    Every example has the same number of elements, so this equals ``values[mask].mean()``.
+    ``where`` (not a product) keeps a NaN in a padding row out of the sum.
     """
-    per_example = jnp.mean(jnp.square(pred - target).reshape(pred.shape[0], -1), axis=1)  # [B]
+    per_example = jnp.mean(values.reshape(values.shape[0], -1), axis=1)  # [B]
     total = jnp.sum(jnp.where(mask, per_example, 0.0))
     return total / jnp.maximum(jnp.sum(mask), 1)
+
+
+def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """MSE over all elements of the valid examples (``nn.MSELoss`` on the unpadded batch).
+    pred/target ``[B, ...]``, mask ``[B]``."""
+    return masked_mean(jnp.square(pred - target), mask)
+
+
+def masked_gaussian_nll(
+    mean: jax.Array, logvar: jax.Array, target: jax.Array, mask: jax.Array
+) -> jax.Array:
+    """STRIDE's Gaussian NLL ``0.5 * (logvar + (mean - target)^2 / exp(logvar))`` (no
+    ``log(2 pi)`` constant), averaged over all elements of the valid examples. ``[B, ...]``."""
+    return masked_mean(0.5 * (logvar + jnp.square(mean - target) * jnp.exp(-logvar)), mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +215,8 @@ class Trainer:
     :func:`jaxts.checkpoint.save_model`). ``callback(info)`` runs after every step with a dict
     (``step``, ``epoch``, ``step_in_epoch``); raising in it simulates a crash. ``aux``: see
     :data:`LossFn`. ``devices``: the mesh (default all); the batch size must divide by their
-    number.
+    number. ``epoch_metrics(trainer)``: extra validation numbers computed at every epoch end
+    (after the validation loss), a dict of JSON scalars added to that epoch's metrics line.
     """
 
     def __init__(
@@ -215,6 +232,7 @@ class Trainer:
         export_best: Callable[[nnx.Module, Path], None] | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
         aux: Any = None,
+        epoch_metrics: Callable[[Trainer], dict[str, Any]] | None = None,
     ):
         devices = list(devices if devices is not None else jax.devices())
         if cfg.batch_size % len(devices):
@@ -231,6 +249,7 @@ class Trainer:
         self.train_data, self.val_data = train_data, val_data
         self.export_best = export_best
         self.callback = callback
+        self.epoch_metrics = epoch_metrics
         self.out_dir = Path(cfg.out_dir)
         self.mesh = Mesh(np.array(devices), ("data",))
         self.replicated = NamedSharding(self.mesh, P())
@@ -465,15 +484,19 @@ class Trainer:
                 meta["early_stopped"] = meta["es_counter"] >= self.cfg.patience
         else:
             improved = True  # no validation set: the latest model is the best one
+        extra = self.epoch_metrics(self) if self.epoch_metrics is not None else {}
         if improved:
             self._export()
         self._log(dict(event="epoch", step=meta["global_step"], epoch=epoch, loss=train_loss, lr=lr,
                        val_loss=val, best_val=meta["best_val"], es_counter=meta["es_counter"],
-                       seconds=time.perf_counter() - t0))  # fmt: skip
+                       seconds=time.perf_counter() - t0, **extra))  # fmt: skip
         # Printed with or without progress bars (tqdm.write keeps an open bar intact).
         tqdm.write(
             f"epoch {epoch + 1}: train {train_loss:.6f} val "
             f"{'n/a' if val is None else f'{val:.6f}'} lr {lr:.3e}"
+            + "".join(
+                f" {k} {v:.4f}" if isinstance(v, float) else f" {k} {v}" for k, v in extra.items()
+            )
             + (" *best*" if improved else f" (no improvement {meta['es_counter']})")
         )
         meta["epoch"] = epoch + 1
