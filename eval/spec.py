@@ -340,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="folder with the dataset CSVs")
     p.add_argument("--seq-len", type=int, default=672)
     p.add_argument("--pred-len", type=int, default=720)
-    p.add_argument("--rules", default="exact,stride,tolerance", help="comma-separated rules")
-    p.add_argument("--k", default="3", help="draft patches per round (comma list allowed)")
+    p.add_argument("--rules", default=None, help="comma-separated rules (default: all three)")
+    p.add_argument("--k", default=None, help="draft patches per round, comma list (default 3)")
     p.add_argument("--sigma", type=float, default=0.25)
     p.add_argument("--accept-bias", type=float, default=1.0)
     p.add_argument("--tol", type=float, default=None, help="tolerance rule RMS (default 0.1)")
@@ -356,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--debug-csv", default=None, help="write per-window acceptance here")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    plain = argv is None and len(sys.argv) == 1 or argv == []
+    # Neither rules, k nor a sweep given: the main job's sweep (every rule at k = 1..4).
+    plain = args.sweep is None and args.rules is None and args.k is None
     try:
         return _main(args, default_job=plain)
     except (ValueError, FileNotFoundError) as e:
@@ -382,7 +383,8 @@ def _main(args, default_job: bool) -> int:
     if args.sweep is not None or default_job:
         settings = parse_sweep(args.sweep or DEFAULT_SWEEP, base)
     else:
-        settings = parse_sweep([f"rule={args.rules}", f"k={args.k}"], base)
+        rules = args.rules or "exact,stride,tolerance"
+        settings = parse_sweep([f"rule={rules}", f"k={args.k or 3}"], base)
     settings = [
         dataclasses.replace(s, tol=0.1 if s.tol is None else s.tol) if s.rule == "tolerance" else s
         for s in settings
