@@ -13,7 +13,7 @@ from bridges.timer_xl import from_openltm, to_openltm
 from jaxts.checkpoint import load_model, save_model
 from jaxts.models.timer_xl import TimerXLConfig, draft_config, rolling_forecast
 from tests.reference import timer_xl_draft_torch as dref
-from tests.test_timer_xl_parity import ETTH1_CONFIG, MODEL_TOL, series
+from tests.test_timer_xl_parity import ETTH1_CONFIG, MODEL_TOL, randomize_, series
 
 SCALES = ("draft_scale_d_model", "draft_scale_n_heads", "draft_scale_d_ff", "draft_scale_e_layers")
 
@@ -27,15 +27,10 @@ def stride_args(target: TimerXLConfig, scales, stochastic: bool) -> SimpleNamesp
 
 def torch_draft(target, scales, stochastic, seed=0):
     torch.manual_seed(seed)
-    model = dref.Model(stride_args(target, scales, stochastic)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif "norm" in name or "emb" in name:
-                p.copy_(0.5 * torch.randn_like(p))
-            elif name == "head_logvar.bias":
-                p.copy_(-2.0 + 4.0 * torch.randn_like(p))  # a spread that also hits the clamp
+    model = randomize_(dref.Model(stride_args(target, scales, stochastic)).eval())
+    if stochastic:
+        with torch.no_grad():  # a spread of log-variances that also hits the clamp
+            model.head_logvar.bias.copy_(-2.0 + 4.0 * torch.randn_like(model.head_logvar.bias))
     return model
 
 

@@ -25,7 +25,12 @@ ETTH1_CONFIG = model_config(load_config(Path(__file__).parents[1] / "configs/tim
 def torch_model(cfg: TimerXLConfig, seed: int = 0) -> ref.Model:
     """Reference model with every parameter random (LayerNorm and bias too, so all paths count)."""
     torch.manual_seed(seed)
-    model = ref.Model(cfg).eval()
+    return randomize_(ref.Model(cfg).eval())
+
+
+def randomize_(model):
+    """LayerNorm scales/biases and the attention-bias table random too (torch inits them to
+    constants), so every path of the parity tests counts. Uses torch's global generator."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name and name.endswith("weight"):

@@ -300,26 +300,29 @@ def load_teacher(path: str | Path | None, expected: TimerXLConfig, fmt: str = "a
         )
     if fmt == "auto":
         fmt = "jaxts" if p.is_dir() else "openltm"
-    if fmt == "jaxts":
+    hint = "the model section must describe the teacher (--set model.KEY=VALUE)"
+    return _load_checked(p, expected, "teacher", hint, jaxts_dir=fmt == "jaxts")
+
+
+def _load_checked(p: Path, cfg: TimerXLConfig, what: str, hint: str, *, jaxts_dir: bool):
+    """A model from a jaxts directory (its config must equal ``cfg``) or an OpenLTM/STRIDE
+    ``.pth`` read with ``cfg`` as its config; mismatches are ConfigErrors naming ``what``."""
+    if jaxts_dir:
         from jaxts.checkpoint import load_model, read_config
 
         if not (p / "config.json").is_file():
-            raise ConfigError(f"teacher {p} is not a jaxts model directory (no config.json)")
+            raise ConfigError(f"{what} {p} is not a jaxts model directory (no config.json)")
         _, got, _ = read_config(p)
-        diff = _config_diff(expected, got)
+        diff = _config_diff(cfg, got)
         if diff:
-            raise ConfigError(
-                f"teacher {p} does not match the run's model section ({'; '.join(diff)}); the "
-                "model section must describe the teacher (--set model.KEY=VALUE)"
-            )
+            raise ConfigError(f"{what} {p} does not match ({'; '.join(diff)}); {hint}")
         return load_model(p)
     from bridges.timer_xl import from_openltm
 
     try:
-        return from_openltm(p, config=expected)
+        return from_openltm(p, config=cfg)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise ConfigError(f"teacher {p}: not loadable as an OpenLTM Timer-XL with the run's "
-                          f"model section: {e}") from e  # fmt: skip
+        raise ConfigError(f"{what} {p}: not loadable as a Timer-XL with config {cfg}: {e}") from e
 
 
 def student_config(teacher: TimerXLConfig, d: DistillConfig) -> TimerXLConfig:
@@ -335,25 +338,8 @@ def _load_init(path: str, cfg: TimerXLConfig) -> TimerXL:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"distill.init_from {p} not found")
-    if p.is_dir():
-        from jaxts.checkpoint import load_model, read_config
-
-        if not (p / "config.json").is_file():
-            raise ConfigError(f"distill.init_from {p} is not a jaxts model directory")
-        _, got, _ = read_config(p)
-        diff = _config_diff(cfg, got)
-        if diff:
-            raise ConfigError(
-                f"distill.init_from {p} is not a checkpoint of this draft ({'; '.join(diff)}); "
-                "pretrain the draft with exactly the draft config (printed by train.distill)"
-            )
-        return load_model(p)
-    from bridges.timer_xl import from_openltm
-
-    try:
-        return from_openltm(p, config=cfg)
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise ConfigError(f"distill.init_from {p}: not a checkpoint of this draft: {e}") from e
+    hint = "pretrain the draft with exactly the draft config (printed by train.distill)"
+    return _load_checked(p, cfg, "distill.init_from", hint, jaxts_dir=p.is_dir())
 
 
 def _n_params(model) -> int:
