@@ -89,45 +89,32 @@ def parse_sweep(items: list[str], base: Setting) -> list[Setting]:
 
 
 def ensure_checkpoints(target_dir: Path, draft_dir: Path, data_dir, train: bool) -> dict:
-    """Train the CPU-sized target and draft when their default checkpoints are missing."""
+    """Train the CPU-sized target, then distil its draft, where their default checkpoints are
+    missing (a missing non-default checkpoint is an error). Returns seconds spent per model."""
+    import importlib
+    from types import SimpleNamespace
+
+    from train.config import load_config
+    from train.target import with_cli_paths
+
     made = {}
-    if not (target_dir / "config.json").is_file():
-        if not train or str(target_dir) != str(ROOT / DEFAULT_TARGET):
-            raise FileNotFoundError(f"target checkpoint {target_dir} not found")
-        print(
-            f"no target at {target_dir}: training it (python -m train.target, ~4 min)", flush=True
-        )
-        from train import target as train_target
-        from train.config import load_config
-
-        cfg = load_config(TARGET_CONFIG, [f"run.out_dir={target_dir.parent}"])
-        cfg = _with_data_dir(cfg, data_dir)
+    jobs = (
+        ("target", target_dir, DEFAULT_TARGET, TARGET_CONFIG, "train.target", []),
+        ("draft", draft_dir, DEFAULT_DRAFT, DISTILL_CONFIG, "train.distill",
+         [f"distill.teacher={target_dir}"]),
+    )  # fmt: skip
+    for what, directory, default, config, module, overrides in jobs:
+        if (directory / "config.json").is_file():
+            continue
+        if not train or str(directory) != str(ROOT / default):
+            raise FileNotFoundError(f"{what} checkpoint {directory} not found")
+        print(f"no {what} at {directory}: training it (python -m {module}, ~2 min)", flush=True)
+        paths = SimpleNamespace(data_dir=data_dir, out=str(directory.parent))
+        cfg = with_cli_paths(load_config(config, overrides), paths)
         t0 = time.perf_counter()
-        train_target.run(cfg)
-        made["target_train_s"] = time.perf_counter() - t0
-    if not (draft_dir / "config.json").is_file():
-        if not train or str(draft_dir) != str(ROOT / DEFAULT_DRAFT):
-            raise FileNotFoundError(f"draft checkpoint {draft_dir} not found")
-        print(
-            f"no draft at {draft_dir}: distilling it (python -m train.distill, ~4 min)", flush=True
-        )
-        from train import distill
-        from train.config import load_config
-
-        cfg = load_config(
-            DISTILL_CONFIG, [f"run.out_dir={draft_dir.parent}", f"distill.teacher={target_dir}"]
-        )
-        cfg = _with_data_dir(cfg, data_dir)
-        t0 = time.perf_counter()
-        distill.run(cfg)
-        made["draft_train_s"] = time.perf_counter() - t0
+        importlib.import_module(module).run(cfg)
+        made[f"{what}_train_s"] = time.perf_counter() - t0
     return made
-
-
-def _with_data_dir(cfg, data_dir):
-    if data_dir is None:
-        return cfg
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=str(data_dir)))
 
 
 # ---------------------------------------------------------------- evaluation

@@ -25,13 +25,11 @@ Re-running the same command with the same ``--out`` resumes an interrupted run.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -342,10 +340,6 @@ def _load_init(path: str, cfg: TimerXLConfig) -> TimerXL:
     return _load_checked(p, cfg, "distill.init_from", hint, jaxts_dir=p.is_dir())
 
 
-def _n_params(model) -> int:
-    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
 # ---- the run -----------------------------------------------------------------------------------
 
 
@@ -375,8 +369,7 @@ class DistillSetup:
 
 def build(cfg: RunConfig, *, devices=None, callback=None, verbose: bool = True) -> DistillSetup:
     """Teacher, student, data and Trainer of a distillation config (nothing trained yet)."""
-    from jaxts.data import NextPatchWindows, load_split
-    from train.target import LastPatch, trainer_config
+    from train.target import LastPatch, n_params, next_patch_data, trainer_config
     from train.trainer import Trainer
 
     d_cfg = cfg.distill if cfg.distill is not None else DistillConfig()
@@ -385,11 +378,7 @@ def build(cfg: RunConfig, *, devices=None, callback=None, verbose: bool = True) 
     except ValueError as e:
         raise ConfigError(f"model section: {e}") from e
     d, o = cfg.data, cfg.optim
-    if d.seq_len % t_cfg.input_token_len:
-        raise ConfigError(
-            f"data.seq_len {d.seq_len} must be a multiple of model.input_token_len "
-            f"{t_cfg.input_token_len}"
-        )
+    train_ds, val_ds = next_patch_data(cfg, t_cfg)
     loaded = load_teacher(d_cfg.teacher, t_cfg, d_cfg.teacher_format)
     s_cfg = student_config(t_cfg, d_cfg)
     init = _load_init(d_cfg.init_from, s_cfg) if d_cfg.init_from else None
@@ -409,21 +398,16 @@ def build(cfg: RunConfig, *, devices=None, callback=None, verbose: bool = True) 
         nnx.update(draft, nnx.state(init, nnx.Param))
     student = Student(draft, seed=o.seed + 2)
 
-    def windows(split):
-        rows = load_split(d.dataset, split, d.seq_len, data_dir=d.data_dir)  # [T, C]
-        return NextPatchWindows(rows, d.seq_len, t_cfg.input_token_len, t_cfg.output_token_len)
-
-    train_ds, val_ds = windows("train"), windows("val")
     val_data = LastPatch(val_ds) if o.valid_last else val_ds
     if verbose:
         print(
             f"{d.dataset}: {len(train_ds)} train / {len(val_ds)} val windows, "
             f"{train_ds.num_channels} variables; {jax.device_count()} "
             f"{jax.default_backend()} device(s)\n"
-            f"teacher {d_cfg.teacher}: {_n_params(teacher):,} parameters "
+            f"teacher {d_cfg.teacher}: {n_params(teacher):,} parameters "
             f"(d_model {t_cfg.d_model}, {t_cfg.n_heads} heads, d_ff {t_cfg.d_ff}, "
             f"{t_cfg.e_layers} layers)\n"
-            f"draft{' (stochastic)' if s_cfg.stochastic else ''}: {_n_params(draft):,} "
+            f"draft{' (stochastic)' if s_cfg.stochastic else ''}: {n_params(draft):,} "
             f"parameters (d_model {s_cfg.d_model}, {s_cfg.n_heads} heads, d_ff {s_cfg.d_ff}, "
             f"{s_cfg.e_layers} layers)"
             + (f", initialised from {d_cfg.init_from}" if init is not None else ", fresh"),
@@ -474,9 +458,8 @@ def _epoch_lines(path: Path) -> list[dict[str, Any]]:
 def run(cfg: RunConfig) -> dict:
     """Distil, then evaluate the best draft. Returns ``{"val": metrics_val.json's content,
     "test": metrics_test.json's content (rolling MSE/MAE per horizon and avg)}``."""
-    from eval.forecast import evaluate_rolling, format_table
     from jaxts.checkpoint import load_model
-    from train.target import _check_resume_compatible
+    from train.target import _check_resume_compatible, evaluate_test, fit_and_report
 
     if cfg.distill is None:
         raise ConfigError("a distillation config needs a 'distill' section (at least teacher)")
@@ -485,19 +468,10 @@ def run(cfg: RunConfig) -> dict:
     _check_resume_compatible(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
-
-    t0 = time.perf_counter()
-    result = setup.trainer.fit()
-    print(
-        f"distillation done in {time.perf_counter() - t0:.1f}s: {result.epochs_done} epochs, "
-        f"{result.global_step} steps, best val {result.best_val}"
-        + (" (early stopped)" if result.early_stopped else ""),
-        flush=True,
-    )
+    result = fit_and_report(setup.trainer, "distillation")
 
     best = load_model(out / "best")
     val = setup.calibrate(best)
-    d = cfg.data
     val = {
         "split": "val",
         "tokens": "last" if cfg.optim.valid_last else "all",
@@ -519,21 +493,7 @@ def run(cfg: RunConfig) -> dict:
     )
     print(f"wrote {out / 'metrics_val.json'}", flush=True)
 
-    t1 = time.perf_counter()
-    test = evaluate_rolling(
-        best,
-        d.dataset,
-        d.seq_len,
-        cfg.run.horizons,
-        cfg.run.eval_batch_size,
-        d.data_dir,
-        plot_path=out / "forecast_test.png",
-        progress=cfg.run.progress,
-    )
-    print(f"{d.dataset} test, rolling forecast of the draft ({time.perf_counter() - t1:.1f}s)")
-    print(format_table(test))
-    with open(out / "metrics_test.json", "w") as f:
-        json.dump(test, f, indent=2)
+    test = evaluate_test(best, cfg, out, " of the draft")
     teacher_test = Path(str(cfg.distill.teacher)).parent / "metrics_test.json"
     if teacher_test.is_file():
         try:
@@ -546,44 +506,27 @@ def run(cfg: RunConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m train.distill",
-        description="Distil a STRIDE draft from a frozen Timer-XL teacher.",
+    from train.target import cli_parser, with_cli_paths
+
+    parser = cli_parser(
+        "python -m train.distill",
+        "Distil a STRIDE draft from a frozen Timer-XL teacher.",
+        "distill.teacher_noise=0.1",
     )
-    parser.add_argument("--config", required=True, help="YAML run config with a distill section")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override config values (YAML-typed), e.g. --set distill.teacher_noise=0.1",
-    )
-    parser.add_argument("--data-dir", default=None, help="folder with the dataset CSVs")
-    parser.add_argument("--out", default=None, help="run folder (overrides run.out_dir)")
     parser.add_argument("--teacher", default=None, help="teacher checkpoint (distill.teacher)")
     parser.add_argument(
         "--init-from", default=None, help="pretrained draft to start from (distill.init_from)"
     )
     args = parser.parse_args(argv)
-    overrides = list(args.overrides)
     # Paths are passed as strings (never YAML-parsed: a path may look like a number or null).
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, args.overrides)
         dist = cfg.distill if cfg.distill is not None else DistillConfig()
         if args.teacher is not None:
             dist = dataclasses.replace(dist, teacher=args.teacher)
         if args.init_from is not None:
             dist = dataclasses.replace(dist, init_from=args.init_from)
-        cfg = dataclasses.replace(cfg, distill=dist)
-        if args.data_dir is not None:
-            cfg = dataclasses.replace(
-                cfg, data=dataclasses.replace(cfg.data, data_dir=args.data_dir)
-            )
-        if args.out is not None:
-            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=args.out))
-        run(cfg)
+        run(with_cli_paths(dataclasses.replace(cfg, distill=dist), args))
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

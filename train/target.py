@@ -29,12 +29,18 @@ from train.config import ConfigError, RunConfig, dump_config, load_config, model
 
 __all__ = [
     "LastPatch",
+    "cli_parser",
+    "fit_and_report",
     "main",
+    "n_params",
+    "next_patch_data",
     "next_patch_loss",
     "next_patch_mean_mse",
     "next_patch_nll",
     "run",
+    "evaluate_test",
     "trainer_config",
+    "with_cli_paths",
 ]
 
 
@@ -131,69 +137,53 @@ def trainer_config(cfg: RunConfig):
     )
 
 
-def run(cfg: RunConfig) -> dict:
-    """Train + evaluate; returns the test metrics dict."""
-    import jax
-    from flax import nnx
-
-    from eval.forecast import evaluate_rolling, format_table
-    from jaxts.checkpoint import load_model
+def next_patch_data(cfg: RunConfig, mcfg):
+    """(train, val) ``NextPatchWindows`` of a run config for a model config ``mcfg``."""
     from jaxts.data import NextPatchWindows, load_split
-    from jaxts.models.timer_xl import TimerXL
-    from train.trainer import Trainer
 
-    if cfg.distill is not None:
-        raise ConfigError("the 'distill' section belongs to python -m train.distill")
-    mcfg = model_config(cfg)
-    d, o = cfg.data, cfg.optim
+    d = cfg.data
     if d.seq_len % mcfg.input_token_len:
         raise ConfigError(
             f"data.seq_len {d.seq_len} must be a multiple of model.input_token_len "
             f"{mcfg.input_token_len}"
         )
-    out = Path(cfg.run.out_dir)
-    _check_resume_compatible(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
 
     def windows(split):
         rows = load_split(d.dataset, split, d.seq_len, data_dir=d.data_dir)  # [T, C]
         return NextPatchWindows(rows, d.seq_len, mcfg.input_token_len, mcfg.output_token_len)
 
-    train_ds, val_ds = windows("train"), windows("val")
-    n_dev = jax.device_count()
-    print(
-        f"{d.dataset}: {len(train_ds)} train / {len(val_ds)} val windows, {train_ds.num_channels}"
-        f" variables; {n_dev} {jax.default_backend()} device(s)",
-        flush=True,
-    )
-    model = TimerXL(mcfg, rngs=nnx.Rngs(params=o.seed, dropout=o.seed + 1))
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    print(f"Timer-XL: {n_params:,} parameters", flush=True)
-    tcfg = trainer_config(cfg)
-    if mcfg.stochastic:
-        print("stochastic model: Gaussian NLL loss, validation on the mean's MSE", flush=True)
-    trainer = Trainer(
-        model,
-        tcfg,
-        next_patch_nll if mcfg.stochastic else next_patch_loss,
-        train_ds,
-        LastPatch(val_ds) if o.valid_last else val_ds,
-        next_patch_mean_mse if mcfg.stochastic else None,
-    )
+    return windows("train"), windows("val")
+
+
+def n_params(model) -> int:
+    import jax
+    from flax import nnx
+
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def fit_and_report(trainer, what: str = "training"):
+    """``trainer.fit()`` with a one-line summary; returns the FitResult."""
     t0 = time.perf_counter()
     result = trainer.fit()
     print(
-        f"training done in {time.perf_counter() - t0:.1f}s: {result.epochs_done} epochs, "
+        f"{what} done in {time.perf_counter() - t0:.1f}s: {result.epochs_done} epochs, "
         f"{result.global_step} steps, best val {result.best_val}"
         + (" (early stopped)" if result.early_stopped else ""),
         flush=True,
     )
+    return result
 
-    best = load_model(out / "best")
+
+def evaluate_test(model, cfg: RunConfig, out: Path, what: str = "") -> dict:
+    """The rolling test evaluation of a run's best model: prints the table, writes
+    ``out/metrics_test.json`` and ``out/forecast_test.png``; returns the metrics."""
+    from eval.forecast import evaluate_rolling, format_table
+
+    d = cfg.data
     t1 = time.perf_counter()
     metrics = evaluate_rolling(
-        best,
+        model,
         d.dataset,
         d.seq_len,
         cfg.run.horizons,
@@ -202,18 +192,16 @@ def run(cfg: RunConfig) -> dict:
         plot_path=out / "forecast_test.png",
         progress=cfg.run.progress,
     )
-    print(f"{d.dataset} test, rolling forecast ({time.perf_counter() - t1:.1f}s)")
+    print(f"{d.dataset} test, rolling forecast{what} ({time.perf_counter() - t1:.1f}s)")
     print(format_table(metrics))
     with open(out / "metrics_test.json", "w") as f:
         json.dump(metrics, f, indent=2)
-    print(f"wrote {out / 'metrics_test.json'}", flush=True)
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m train.target", description="Train Timer-XL (OpenLTM next-patch objective)."
-    )
+def cli_parser(prog: str, description: str, set_example: str) -> argparse.ArgumentParser:
+    """The arguments every training entry point takes: --config, --set, --data-dir, --out."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="YAML run config")
     parser.add_argument(
         "--set",
@@ -222,20 +210,75 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override config values (YAML-typed), e.g. --set optim.train_epochs=2",
+        help=f"override config values (YAML-typed), e.g. --set {set_example}",
     )
     parser.add_argument("--data-dir", default=None, help="folder with the dataset CSVs")
     parser.add_argument("--out", default=None, help="run folder (overrides run.out_dir)")
+    return parser
+
+
+def with_cli_paths(cfg: RunConfig, args) -> RunConfig:
+    """``cfg`` with ``--data-dir`` / ``--out`` applied (passed as strings, never YAML-parsed:
+    a path may look like a number or null)."""
+    if args.data_dir is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=args.data_dir))
+    if args.out is not None:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=args.out))
+    return cfg
+
+
+def run(cfg: RunConfig) -> dict:
+    """Train + evaluate; returns the test metrics dict."""
+    import jax
+    from flax import nnx
+
+    from jaxts.checkpoint import load_model
+    from jaxts.models.timer_xl import TimerXL
+    from train.trainer import Trainer
+
+    if cfg.distill is not None:
+        raise ConfigError("the 'distill' section belongs to python -m train.distill")
+    mcfg = model_config(cfg)
+    train_ds, val_ds = next_patch_data(cfg, mcfg)
+    out = Path(cfg.run.out_dir)
+    _check_resume_compatible(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+
+    print(
+        f"{cfg.data.dataset}: {len(train_ds)} train / {len(val_ds)} val windows, "
+        f"{train_ds.num_channels} variables; {jax.device_count()} {jax.default_backend()} "
+        "device(s)",
+        flush=True,
+    )
+    o = cfg.optim
+    model = TimerXL(mcfg, rngs=nnx.Rngs(params=o.seed, dropout=o.seed + 1))
+    print(f"Timer-XL: {n_params(model):,} parameters", flush=True)
+    if mcfg.stochastic:
+        print("stochastic model: Gaussian NLL loss, validation on the mean's MSE", flush=True)
+    trainer = Trainer(
+        model,
+        trainer_config(cfg),
+        next_patch_nll if mcfg.stochastic else next_patch_loss,
+        train_ds,
+        LastPatch(val_ds) if o.valid_last else val_ds,
+        next_patch_mean_mse if mcfg.stochastic else None,
+    )
+    fit_and_report(trainer)
+    metrics = evaluate_test(load_model(out / "best"), cfg, out)
+    print(f"wrote {out / 'metrics_test.json'}", flush=True)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli_parser(
+        "python -m train.target",
+        "Train Timer-XL (OpenLTM next-patch objective).",
+        "optim.train_epochs=2",
+    )
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
-        if args.data_dir is not None:
-            cfg = dataclasses.replace(
-                cfg, data=dataclasses.replace(cfg.data, data_dir=args.data_dir)
-            )
-        if args.out is not None:
-            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out_dir=args.out))
-        run(cfg)
+        run(with_cli_paths(load_config(args.config, args.overrides), args))
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

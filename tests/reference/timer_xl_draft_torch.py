@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tests.reference.timer_xl_torch import AttentionLayer, TimeAttention, TimerBlock, TimerLayer
+from tests.reference.timer_xl_torch import timer_blocks
 
 
 def draft_sizes(configs) -> tuple[int, int, int, int]:
@@ -57,29 +57,8 @@ class Model(nn.Module):
         self.output_attention = getattr(configs, "output_attention", False)
         self.use_norm = configs.use_norm
         self.embedding = nn.Linear(self.input_token_len, self.d_model)
-        self.blocks = TimerBlock(
-            [
-                TimerLayer(
-                    AttentionLayer(
-                        TimeAttention(
-                            True,
-                            attention_dropout=configs.dropout,
-                            output_attention=self.output_attention,
-                            d_model=self.d_model,
-                            num_heads=self.n_heads,
-                            covariate=configs.covariate,
-                        ),
-                        self.d_model,
-                        self.n_heads,
-                    ),
-                    self.d_model,
-                    self.d_ff,
-                    dropout=configs.dropout,
-                    activation=configs.activation,
-                )
-                for _ in range(self.e_layers)
-            ],
-            norm_layer=nn.LayerNorm(self.d_model),
+        self.blocks = timer_blocks(
+            configs, self.d_model, self.n_heads, self.d_ff, self.e_layers, self.output_attention
         )
         self.draft_stochastic = bool(getattr(configs, "draft_stochastic", False))
         if self.draft_stochastic:

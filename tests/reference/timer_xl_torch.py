@@ -226,36 +226,45 @@ class TimerBlock(nn.Module):
 # ---------------------------------------------------------------- models/timer_xl.py
 
 
+def timer_blocks(configs, d_model, n_heads, d_ff, e_layers, output_attention=False):
+    """OpenLTM's ``TimerBlock`` of ``e_layers`` layers (shared with STRIDE's draft reference,
+    which builds the same block with scaled sizes)."""
+    return TimerBlock(
+        [
+            TimerLayer(
+                AttentionLayer(
+                    TimeAttention(
+                        True,
+                        attention_dropout=configs.dropout,
+                        output_attention=output_attention,
+                        d_model=d_model,
+                        num_heads=n_heads,
+                        covariate=configs.covariate,
+                    ),
+                    d_model,
+                    n_heads,
+                ),
+                d_model,
+                d_ff,
+                dropout=configs.dropout,
+                activation=configs.activation,
+            )
+            for _ in range(e_layers)
+        ],
+        norm_layer=nn.LayerNorm(d_model),
+    )
+
+
 class Model(nn.Module):
     def __init__(self, configs):
         super().__init__()
         self.input_token_len = configs.input_token_len
         self.embedding = nn.Linear(self.input_token_len, configs.d_model)
         self.output_attention = getattr(configs, "output_attention", False)
-        self.blocks = TimerBlock(
-            [
-                TimerLayer(
-                    AttentionLayer(
-                        TimeAttention(
-                            True,
-                            attention_dropout=configs.dropout,
-                            output_attention=self.output_attention,
-                            d_model=configs.d_model,
-                            num_heads=configs.n_heads,
-                            covariate=configs.covariate,
-                        ),
-                        configs.d_model,
-                        configs.n_heads,
-                    ),
-                    configs.d_model,
-                    configs.d_ff,
-                    dropout=configs.dropout,
-                    activation=configs.activation,
-                )
-                for _ in range(configs.e_layers)
-            ],
-            norm_layer=nn.LayerNorm(configs.d_model),
-        )
+        self.blocks = timer_blocks(
+            configs, configs.d_model, configs.n_heads, configs.d_ff, configs.e_layers,
+            self.output_attention,
+        )  # fmt: skip
         self.head = nn.Linear(configs.d_model, configs.output_token_len)
         self.use_norm = configs.use_norm
 
