@@ -20,9 +20,10 @@ PARAMS_DIR = "params"
 
 def _model_registry():
     # Imported lazily so `import jaxts.checkpoint` stays cheap.
+    from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
     from jaxts.models.timer_xl import TimerXL, TimerXLConfig
 
-    return {"timer_xl": (TimerXL, TimerXLConfig)}
+    return {"timer_xl": (TimerXL, TimerXLConfig), "chronos_t5": (ChronosT5, ChronosT5Config)}
 
 
 def model_name(model) -> str:

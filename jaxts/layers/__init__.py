@@ -8,13 +8,18 @@ from jaxts.layers.masks import (
     timer_covariate_mask,
     timer_multivariate_mask,
 )
+from jaxts.layers.norms import RMSNorm
+from jaxts.layers.relative_position import relative_position_bias, relative_position_bucket
 from jaxts.layers.rope import apply_rope, partial_rope, rope_tables, rotate_interleaved
 
 __all__ = [
     "BinaryAttentionBias",
+    "RMSNorm",
     "apply_rope",
     "causal_mask",
     "partial_rope",
+    "relative_position_bias",
+    "relative_position_bucket",
     "rope_tables",
     "rotate_interleaved",
     "same_variable",

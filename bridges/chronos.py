@@ -1,0 +1,291 @@
+"""HF Chronos-T5 directories <-> jaxts :class:`~jaxts.models.chronos_t5.ChronosT5`.
+
+Reads ``config.json`` (a T5 config with a ``chronos_config`` block) and ``model.safetensors``
+or ``pytorch_model.bin`` (``torch.load(weights_only=True)``); a hub id is fetched with
+``huggingface_hub`` when online. Writes a directory that ``ChronosPipeline.from_pretrained``
+loads to the same outputs. Config fields that would change the computation and that we do not
+implement are rejected, not ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from bridges._mapping import CheckpointKeyError, Rule, expand_rules, flax_to_torch, torch_to_flax
+from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
+from jaxts.models.chronos_tokenizer import ChronosConfig
+from jaxts.models.t5 import T5Config
+
+# HF config fields that map onto T5Config one to one.
+_T5_FIELDS = (
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_layers",
+    "num_decoder_layers",
+    "num_heads",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+    "dropout_rate",
+    "layer_norm_epsilon",
+    "feed_forward_proj",
+    "initializer_factor",
+    "pad_token_id",
+    "eos_token_id",
+    "decoder_start_token_id",
+)
+# Fields that do not change inference or training here (bookkeeping, generation defaults that
+# Chronos overrides, a T5 field T5 itself never reads).
+_IGNORED_FIELDS = {
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "use_cache",
+    "n_positions",
+    "classifier_dropout",
+    "output_past",
+    "_name_or_path",
+    "task_specific_params",
+}
+# Fields we accept only with the value that our implementation assumes.
+_FIXED_FIELDS = {
+    "model_type": "t5",
+    "is_encoder_decoder": True,
+    "is_decoder": False,
+    "architectures": ["T5ForConditionalGeneration"],
+}
+_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+# Old checkpoints carry a never-used bias table on cross-attention; HF drops it on load.
+_DROPPED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+BIN_FILE = "pytorch_model.bin"
+
+
+def config_from_hf(hf: dict) -> ChronosT5Config:
+    """``config.json`` dict -> :class:`ChronosT5Config`; unknown or unsupported fields raise."""
+    if "chronos_config" not in hf:
+        raise ValueError("not a Chronos config: config.json has no 'chronos_config'")
+    handled = set(_T5_FIELDS) | _IGNORED_FIELDS | set(_FIXED_FIELDS)
+    handled |= {"chronos_config", "dense_act_fn", "is_gated_act"}
+    handled |= {"tie_word_embeddings", "scale_decoder_outputs"}
+    unknown = sorted(set(hf) - handled)
+    if unknown:
+        raise ValueError(f"config.json fields not handled by jaxts' Chronos-T5: {unknown}")
+    for name, want in _FIXED_FIELDS.items():
+        if name in hf and hf[name] != want:
+            raise ValueError(f"config.json {name}={hf[name]!r} is not supported (need {want!r})")
+    kwargs = {k: hf[k] for k in _T5_FIELDS if k in hf}
+    if "num_decoder_layers" not in kwargs and "num_layers" in kwargs:
+        kwargs["num_decoder_layers"] = kwargs["num_layers"]
+    proj = kwargs.get("feed_forward_proj", "relu")
+    implied = {"relu": ("relu", False), "gated-gelu": ("gelu_new", True)}.get(proj)
+    if implied is not None:
+        for name, value in zip(("dense_act_fn", "is_gated_act"), implied, strict=True):
+            if name in hf and hf[name] != value:
+                raise ValueError(f"config.json {name}={hf[name]!r} contradicts {proj!r}")
+    # transformers 5: outputs are scaled unless tie_word_embeddings is False; an explicit
+    # scale_decoder_outputs wins.
+    scale = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True) is not False)
+    t5 = T5Config(**kwargs, scale_decoder_outputs=bool(scale))
+    return ChronosT5Config(t5=t5, chronos=ChronosConfig.from_dict(hf["chronos_config"]))
+
+
+def config_to_hf(cfg: ChronosT5Config) -> dict:
+    t5 = cfg.t5
+    out = {k: getattr(t5, k) for k in _T5_FIELDS}
+    gated = t5.feed_forward_proj.startswith("gated")
+    out.update(
+        architectures=["T5ForConditionalGeneration"],
+        model_type="t5",
+        is_encoder_decoder=True,
+        dense_act_fn="gelu_new" if gated else t5.feed_forward_proj,
+        is_gated_act=gated,
+        tie_word_embeddings=t5.tie_word_embeddings,
+        scale_decoder_outputs=t5.scale_decoder_outputs,
+        use_cache=True,
+        dtype="float32",
+        chronos_config=cfg.chronos.to_dict(),
+    )
+    return out
+
+
+def rules_for(t5: T5Config) -> list[Rule]:
+    """The name table for one T5 configuration (HF names on the left)."""
+    ffn = ["wi_0", "wi_1", "wo"] if t5.feed_forward_proj.startswith("gated") else ["wi", "wo"]
+
+    def stack(name: str, n_layers: int, is_decoder: bool) -> list[Rule]:
+        bias = f"{name}.block.0.layer.0.SelfAttention.relative_attention_bias"
+        per_layer = [
+            Rule(
+                f"{name}.block.{{i}}.layer.0.SelfAttention.{p}.weight",
+                f"model.{name}.block.{{i}}.layer.0.SelfAttention.{p}.kernel",
+                "linear",
+            )
+            for p in "qkvo"
+        ]
+        per_layer.append(
+            Rule(
+                f"{name}.block.{{i}}.layer.0.layer_norm.weight",
+                f"model.{name}.block.{{i}}.layer.0.layer_norm.weight",
+            )
+        )
+        ff = 1
+        if is_decoder:
+            ff = 2
+            per_layer += [
+                Rule(
+                    f"{name}.block.{{i}}.layer.1.EncDecAttention.{p}.weight",
+                    f"model.{name}.block.{{i}}.layer.1.EncDecAttention.{p}.kernel",
+                    "linear",
+                )
+                for p in "qkvo"
+            ]
+            per_layer.append(
+                Rule(
+                    f"{name}.block.{{i}}.layer.1.layer_norm.weight",
+                    f"model.{name}.block.{{i}}.layer.1.layer_norm.weight",
+                )
+            )
+        per_layer += [
+            Rule(
+                f"{name}.block.{{i}}.layer.{ff}.DenseReluDense.{p}.weight",
+                f"model.{name}.block.{{i}}.layer.{ff}.DenseReluDense.{p}.kernel",
+                "linear",
+            )
+            for p in ffn
+        ]
+        per_layer.append(
+            Rule(
+                f"{name}.block.{{i}}.layer.{ff}.layer_norm.weight",
+                f"model.{name}.block.{{i}}.layer.{ff}.layer_norm.weight",
+            )
+        )
+        rules = [Rule(f"{bias}.weight", f"model.{bias}.embedding")]
+        rules += expand_rules(per_layer, n_layers)
+        rules.append(
+            Rule(f"{name}.final_layer_norm.weight", f"model.{name}.final_layer_norm.weight")
+        )
+        return rules
+
+    rules = [Rule("shared.weight", "model.shared.embedding")]
+    rules += stack("encoder", t5.num_layers, False)
+    rules += stack("decoder", t5.num_decoder_layers, True)
+    if not t5.tie_word_embeddings:
+        rules.append(Rule("lm_head.weight", "model.lm_head.kernel", "linear"))
+    return rules
+
+
+def read_state_dict(directory: Path) -> dict[str, np.ndarray]:
+    """float32 numpy tensors from ``model.safetensors`` (preferred) or ``pytorch_model.bin``."""
+    st, pt = directory / SAFETENSORS_FILE, directory / BIN_FILE
+    if st.is_file():
+        try:
+            from safetensors.numpy import load_file
+
+            raw = load_file(str(st))
+        except (TypeError, ValueError):  # bf16 has no numpy dtype: go through torch
+            from safetensors.torch import load_file as load_torch
+
+            raw = {k: v.float().numpy() for k, v in load_torch(str(st)).items()}
+        return {k: np.asarray(v, np.float32) for k, v in raw.items()}
+    if pt.is_file():
+        import torch
+
+        sd = torch.load(pt, map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() for k, v in sd.items()}
+    if (directory / (SAFETENSORS_FILE + ".index.json")).is_file():
+        raise ValueError(f"{directory}: sharded checkpoints are not supported; merge the shards")
+    raise FileNotFoundError(f"{directory}: neither {SAFETENSORS_FILE} nor {BIN_FILE} found")
+
+
+def _resolve_tied(sd: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+    """Drop tied aliases of ``shared.weight`` (checking they are equal); says whether the
+    lm head is tied (absent, or equal to ``shared.weight``)."""
+    sd = dict(sd)
+    shared = sd.get("shared.weight")
+    for name in _DROPPED:
+        sd.pop(name, None)
+    for name in _ALIASES:
+        if name in sd:
+            alias = sd.pop(name)
+            if shared is None:
+                sd["shared.weight"] = shared = alias
+            elif alias.shape != shared.shape or not np.array_equal(alias, shared):
+                raise CheckpointKeyError(misshaped=[(name, alias.shape, "== shared.weight")])
+    head = sd.get("lm_head.weight")
+    tied = head is None or (
+        shared is not None and head.shape == shared.shape and np.array_equal(head, shared)
+    )
+    if tied:
+        sd.pop("lm_head.weight", None)
+    return sd, tied
+
+
+def from_state_dict(sd: dict[str, np.ndarray], cfg: ChronosT5Config) -> ChronosT5:
+    import dataclasses
+
+    sd, tied = _resolve_tied(sd)
+    cfg = dataclasses.replace(cfg, t5=dataclasses.replace(cfg.t5, tie_word_embeddings=tied))
+    model = ChronosT5(cfg, rngs=nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    params = torch_to_flax(sd, rules_for(cfg.t5), nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    model.eval()
+    return model
+
+
+def resolve_dir(path_or_repo_id: str | Path) -> Path:
+    """A local directory as is; otherwise a hub id downloaded with ``huggingface_hub``."""
+    path = Path(path_or_repo_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(path_or_repo_id).count("/") != 1:
+        raise FileNotFoundError(f"{path_or_repo_id}: not a model directory or a hub id (org/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(
+            str(path_or_repo_id),
+            allow_patterns=[CONFIG_FILE, SAFETENSORS_FILE, BIN_FILE],
+        )
+    except Exception as e:  # offline, unknown repo, gated repo...
+        raise FileNotFoundError(
+            f"could not fetch {path_or_repo_id!r} from the Hugging Face Hub ({type(e).__name__}: "
+            f"{e}); download it elsewhere and pass the local directory"
+        ) from e
+    return Path(local)
+
+
+def from_hf(path_or_repo_id: str | Path) -> ChronosT5:
+    """Load an HF Chronos-T5 directory (or hub id) as a :class:`ChronosT5` in eval mode."""
+    directory = resolve_dir(path_or_repo_id)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found")
+    cfg = config_from_hf(json.loads(config_path.read_text()))
+    return from_state_dict(read_state_dict(directory), cfg)
+
+
+def to_state_dict(model: ChronosT5) -> dict[str, np.ndarray]:
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return flax_to_torch(params, rules_for(model.config.t5))
+
+
+def save_hf(model: ChronosT5, directory: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` loadable by ``ChronosPipeline``."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    sd = {k: np.ascontiguousarray(v, np.float32) for k, v in to_state_dict(model).items()}
+    save_file(sd, str(directory / SAFETENSORS_FILE), metadata={"format": "pt"})
+    (directory / CONFIG_FILE).write_text(json.dumps(config_to_hf(model.config), indent=2))
+    return directory

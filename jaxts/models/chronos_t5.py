@@ -1,0 +1,189 @@
+"""Chronos-T5 (Ansari et al. 2024): a T5 over mean-scaled, uniformly binned values.
+
+The model is :class:`jaxts.models.t5.T5EncoderDecoder` plus the Chronos config; sampling is one
+jit program: the encoder runs once, cross-attention keys/values are computed once per series,
+and the decoder runs ``prediction_length`` steps in ``lax.scan`` over a fixed-size cache for all
+``B * num_samples`` rows at once. Matches ``ChronosModel.forward`` / HF ``generate``:
+decoding starts from ``decoder_start_token_id``, EOS is never sampled (``min_new_tokens``), then
+temperature, top-k and top-p in HF's order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxts.models.chronos_tokenizer import ChronosConfig, MeanScaleUniformBins
+from jaxts.models.t5 import T5Config, T5EncoderDecoder
+
+
+@dataclasses.dataclass(frozen=True)
+class ChronosT5Config:
+    """The inner T5's config and the ``chronos_config`` block of ``config.json``."""
+
+    t5: T5Config = dataclasses.field(default_factory=T5Config)
+    chronos: ChronosConfig = dataclasses.field(default_factory=ChronosConfig)
+
+    def __post_init__(self):
+        if self.chronos.n_tokens != self.t5.vocab_size:
+            raise ValueError(
+                f"chronos n_tokens {self.chronos.n_tokens} != T5 vocab_size {self.t5.vocab_size}"
+            )
+        if self.chronos.pad_token_id != self.t5.pad_token_id:
+            raise ValueError("chronos pad_token_id differs from the T5 pad_token_id")
+        if self.chronos.eos_token_id != self.t5.eos_token_id:
+            raise ValueError("chronos eos_token_id differs from the T5 eos_token_id")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ChronosT5Config:
+        unknown = sorted(set(d) - {"t5", "chronos"})
+        if unknown:
+            raise ValueError(f"unknown ChronosT5Config keys {unknown}; known: ['chronos', 't5']")
+        return cls(
+            t5=T5Config.from_dict(d.get("t5", {})),
+            chronos=ChronosConfig.from_dict(d.get("chronos", {})),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"t5": self.t5.to_dict(), "chronos": self.chronos.to_dict()}
+
+
+class ChronosT5(nnx.Module):
+    """Chronos-T5 weights (``self.model``, HF names) and the tokenizer."""
+
+    def __init__(self, config: ChronosT5Config, *, rngs: nnx.Rngs):
+        self.config = config
+        self.model = T5EncoderDecoder(config.t5, rngs=rngs)
+
+    @property
+    def tokenizer(self) -> MeanScaleUniformBins:
+        return MeanScaleUniformBins(self.config.chronos)
+
+    def encode(self, input_ids, attention_mask):
+        """``[B, T]`` ids and mask -> encoder embeddings ``[B, T, d_model]``."""
+        return self.model.encode(input_ids, attention_mask)
+
+    def __call__(self, input_ids, attention_mask, decoder_input_ids):
+        """Teacher-forced logits ``[B, L, V]`` (training and parity)."""
+        return self.model(input_ids, attention_mask, decoder_input_ids)
+
+
+def process_logits(logits, *, eos_token_id: int, temperature, top_k: int, top_p: float | None):
+    """HF's logits processors for Chronos sampling, in HF's order. ``logits [R, V]``.
+
+    EOS -> -inf (``min_new_tokens`` equals the horizon), divide by ``temperature``, keep the
+    ``top_k`` largest (ties at the k-th value kept), then the smallest set whose probability
+    exceeds ``top_p`` (``top_p=None`` skips it, as HF does for ``top_p == 1``).
+    """
+    logits = logits.astype(jnp.float32).at[:, eos_token_id].set(-jnp.inf)
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [R, 1]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is not None:
+        sorted_logits = jnp.sort(logits, axis=-1)  # ascending, as HF's TopPLogitsWarper
+        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        remove = cum <= 1 - top_p
+        remove = remove.at[:, -1].set(False)
+        # the threshold value: everything strictly below the smallest kept logit is removed
+        kept_min = jnp.min(jnp.where(remove, jnp.inf, sorted_logits), axis=-1, keepdims=True)
+        logits = jnp.where(logits < kept_min, -jnp.inf, logits)
+    return logits
+
+
+def _sample_tokens(
+    graphdef,
+    state,
+    input_ids,
+    attention_mask,
+    key,
+    temperature,
+    top_p_value,
+    *,
+    prediction_length: int,
+    num_samples: int,
+    top_k: int,
+    use_top_p: bool,
+):
+    """Token paths ``[B, num_samples, prediction_length]`` (int32)."""
+    chronos = nnx.merge(graphdef, state)
+    t5 = chronos.model
+    cfg = chronos.config
+    b = input_ids.shape[0]
+    rows = b * num_samples
+    enc = t5.encode(input_ids, attention_mask)  # [B, T, D], once per series
+    cache = t5.init_cache(enc, attention_mask, rows, prediction_length)
+    start = jnp.full((rows,), cfg.t5.decoder_start_token_id, jnp.int32)
+    greedy = top_k == 1
+
+    def step(carry, t):
+        tokens, cache = carry
+        logits, cache = t5.decode_step(tokens, cache)  # [R, V]
+        logits = process_logits(
+            logits,
+            eos_token_id=cfg.chronos.eos_token_id,
+            temperature=temperature,
+            top_k=0 if greedy else top_k,
+            top_p=top_p_value if use_top_p else None,
+        )
+        if greedy:  # top-k 1 leaves one candidate: sampling is the argmax
+            nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        else:
+            nxt = jax.random.categorical(jax.random.fold_in(key, t), logits).astype(jnp.int32)
+        return (nxt, cache), nxt
+
+    _, tokens = jax.lax.scan(step, (start, cache), jnp.arange(prediction_length))
+    # rows are series-major (row = b * S + s), as HF's repeat_interleave expansion
+    return tokens.T.reshape(b, num_samples, prediction_length)
+
+
+_sample_tokens_jit = jax.jit(
+    _sample_tokens,
+    static_argnames=("graphdef", "prediction_length", "num_samples", "top_k", "use_top_p"),
+)
+_encode_jit = jax.jit(
+    lambda graphdef, state, ids, mask: nnx.merge(graphdef, state).encode(ids, mask),
+    static_argnames=("graphdef",),
+)
+
+
+def sample_tokens(
+    model: ChronosT5,
+    input_ids,
+    attention_mask,
+    key,
+    *,
+    prediction_length: int,
+    num_samples: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+):
+    """Sample ``[B, num_samples, prediction_length]`` token ids (one compiled program per
+    shape / ``top_k`` / horizon; temperature and top_p are traced). ``top_k=1`` is greedy."""
+    graphdef, state = nnx.split(model)
+    return _sample_tokens_jit(
+        graphdef,
+        state,
+        jnp.asarray(input_ids, jnp.int32),
+        jnp.asarray(attention_mask, bool),
+        key,
+        jnp.float32(temperature),
+        jnp.float32(top_p),
+        prediction_length=prediction_length,
+        num_samples=num_samples,
+        top_k=int(top_k),
+        use_top_p=float(top_p) < 1.0,
+    )
+
+
+def encode(model: ChronosT5, input_ids, attention_mask):
+    """Jitted encoder: ``[B, T]`` -> ``[B, T, d_model]``."""
+    graphdef, state = nnx.split(model)
+    return _encode_jit(
+        graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, bool)
+    )

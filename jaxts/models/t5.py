@@ -1,0 +1,375 @@
+"""T5 encoder-decoder (Raffel et al. 2020) in Flax NNX, with a fixed-size decode cache.
+
+Module and parameter names mirror HF ``T5ForConditionalGeneration`` (``encoder.block.{i}.layer.0
+.SelfAttention.q``, ``DenseReluDense.wi``, ``final_layer_norm``, ``shared``), so the bridge is a
+plain name table. What makes T5 T5 (and what a port gets wrong first):
+
+* no ``1/sqrt(d)`` attention scaling; ``inner_dim = num_heads * d_kv`` may differ from d_model;
+* RMS layer norm (eps 1e-6, variance in float32), pre-norm residual blocks;
+* a bucketed relative position bias that lives only in block 0 of each stack and is reused by
+  every layer (bidirectional in the encoder, causal in the decoder), none on cross-attention;
+* tied embeddings, the decoder output scaled by ``d_model**-0.5`` before the lm head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxts.layers.norms import RMSNorm
+from jaxts.layers.relative_position import relative_position_bias
+
+_ACTIVATIONS = {
+    "relu": (jax.nn.relu, False),
+    "gated-gelu": (lambda x: jax.nn.gelu(x, approximate=True), True),  # HF maps it to gelu_new
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """HF ``T5Config`` fields that change the computation (same names)."""
+
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_decoder_layers: int = 6
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "relu"
+    initializer_factor: float = 1.0
+    # lm_head shares `shared` (HF ties unless the checkpoint carries a different lm_head).
+    tie_word_embeddings: bool = True
+    # HF multiplies the decoder output by d_model**-0.5 before the lm head (T5 v1.0 behaviour).
+    scale_decoder_outputs: bool = True
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+
+    def __post_init__(self):
+        if self.feed_forward_proj not in _ACTIVATIONS:
+            raise ValueError(
+                f"feed_forward_proj {self.feed_forward_proj!r} is not supported; "
+                f"supported: {sorted(_ACTIVATIONS)}"
+            )
+        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_decoder_layers <= 0:
+            raise ValueError(f"num_decoder_layers must be positive, got {self.num_decoder_layers}")
+        half = self.relative_attention_num_buckets // 2
+        if self.relative_attention_max_distance < half:
+            raise ValueError(
+                "relative_attention_max_distance must be at least half the number of buckets"
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> T5Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown T5Config keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _normal(std: float):
+    return nnx.initializers.normal(stddev=std)
+
+
+def _linear(d_in: int, d_out: int, std: float, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, use_bias=False, kernel_init=_normal(std), rngs=rngs)
+
+
+def additive_mask(keep: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
+    """0 where ``keep``, the dtype's most negative value elsewhere (HF's convention: a row with
+    every key masked stays finite instead of becoming NaN)."""
+    return jnp.where(keep, 0.0, jnp.finfo(dtype).min).astype(dtype)
+
+
+class T5Attention(nnx.Module):
+    """q/k/v/o projections (no bias) and unscaled softmax attention; HF ``T5Attention``."""
+
+    def __init__(self, cfg: T5Config, *, has_relative_attention_bias: bool, rngs: nnx.Rngs):
+        f, d, inner = cfg.initializer_factor, cfg.d_model, cfg.num_heads * cfg.d_kv
+        self.n_heads, self.d_kv = cfg.num_heads, cfg.d_kv
+        # HF T5PreTrainedModel._init_weights, so training from scratch starts like upstream.
+        self.q = _linear(d, inner, f * (d * cfg.d_kv) ** -0.5, rngs)
+        self.k = _linear(d, inner, f * d**-0.5, rngs)
+        self.v = _linear(d, inner, f * d**-0.5, rngs)
+        self.o = _linear(inner, d, f * inner**-0.5, rngs)
+        if has_relative_attention_bias:
+            self.relative_attention_bias = nnx.Embed(
+                cfg.relative_attention_num_buckets,
+                cfg.num_heads,
+                embedding_init=_normal(f * d**-0.5),
+                rngs=rngs,
+            )
+        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+    def heads(self, proj: nnx.Linear, x: jnp.ndarray) -> jnp.ndarray:
+        """``[B, T, D]`` -> ``[B, T, N, d_kv]``."""
+        return proj(x).reshape(*x.shape[:-1], self.n_heads, self.d_kv)
+
+    def attend(self, q, k, v, bias) -> jnp.ndarray:
+        """q ``[B, Q, N, E]``, k/v ``[B, K, N, E]``, bias broadcastable to ``[B, N, Q, K]``;
+        returns the projected output ``[B, Q, D]``."""
+        scores = jnp.einsum("bqne,bkne->bnqk", q, k) + bias  # [B, N, Q, K]
+        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
+        probs = self.dropout(probs)
+        out = jnp.einsum("bnqk,bkne->bqne", probs, v)  # [B, Q, N, E]
+        return self.o(out.reshape(*out.shape[:2], -1))
+
+
+class T5LayerSelfAttention(nnx.Module):
+    def __init__(self, cfg: T5Config, *, has_relative_attention_bias: bool, rngs: nnx.Rngs):
+        self.SelfAttention = T5Attention(
+            cfg, has_relative_attention_bias=has_relative_attention_bias, rngs=rngs
+        )
+        self.layer_norm = RMSNorm(
+            cfg.d_model, cfg.layer_norm_epsilon, scale_init=cfg.initializer_factor
+        )
+        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+    def __call__(self, h, bias, cache_kv=None, index=None):
+        """Full sequence (``cache_kv=None``) or one decode step writing k/v at ``index``.
+
+        ``cache_kv`` is ``(k, v)`` of shape ``[B, T_max, N, E]``; returns ``(h, cache_kv)``.
+        """
+        attn = self.SelfAttention
+        x = self.layer_norm(h)
+        q, k, v = attn.heads(attn.q, x), attn.heads(attn.k, x), attn.heads(attn.v, x)
+        if cache_kv is not None:
+            k = jax.lax.dynamic_update_slice(cache_kv[0], k, (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache_kv[1], v, (0, index, 0, 0))
+            cache_kv = (k, v)
+        return h + self.dropout(attn.attend(q, k, v, bias)), cache_kv
+
+
+class T5LayerCrossAttention(nnx.Module):
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+        self.EncDecAttention = T5Attention(cfg, has_relative_attention_bias=False, rngs=rngs)
+        self.layer_norm = RMSNorm(
+            cfg.d_model, cfg.layer_norm_epsilon, scale_init=cfg.initializer_factor
+        )
+        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+    def project_kv(self, enc: jnp.ndarray):
+        """Encoder output ``[B, T, D]`` -> keys, values ``[B, T, N, E]`` (computed once)."""
+        attn = self.EncDecAttention
+        return attn.heads(attn.k, enc), attn.heads(attn.v, enc)
+
+    def __call__(self, h, k, v, bias):
+        """``h [B*S, Q, D]`` over ``k, v [B, T, N, E]``: the S decoder rows of a series share its
+        encoder keys, so they are folded into the query axis instead of repeating k/v S times
+        (exact: cross-attention has no position bias). ``bias [B, 1, 1, T]``."""
+        attn = self.EncDecAttention
+        b, t = k.shape[:2]
+        rows, n_q, d = h.shape
+        q = attn.heads(attn.q, self.layer_norm(h))  # [B*S, Q, N, E]
+        q = q.reshape(b, (rows // b) * n_q, *q.shape[2:])  # [B, S*Q, N, E]
+        out = attn.attend(q, k, v, bias).reshape(rows, n_q, d)
+        return h + self.dropout(out)
+
+
+class T5DenseActDense(nnx.Module):
+    """``wo(dropout(act(wi x)))``, or the gated ``wo(dropout(act(wi_0 x) * wi_1 x))``."""
+
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+        self.act, self.gated = _ACTIVATIONS[cfg.feed_forward_proj]
+        f, d = cfg.initializer_factor, cfg.d_model
+        if self.gated:
+            self.wi_0 = _linear(d, cfg.d_ff, f * d**-0.5, rngs)
+            self.wi_1 = _linear(d, cfg.d_ff, f * d**-0.5, rngs)
+        else:
+            self.wi = _linear(d, cfg.d_ff, f * d**-0.5, rngs)
+        self.wo = _linear(cfg.d_ff, d, f * cfg.d_ff**-0.5, rngs)
+        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+    def __call__(self, x):
+        y = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
+        return self.wo(self.dropout(y))
+
+
+class T5LayerFF(nnx.Module):
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+        self.DenseReluDense = T5DenseActDense(cfg, rngs=rngs)
+        self.layer_norm = RMSNorm(
+            cfg.d_model, cfg.layer_norm_epsilon, scale_init=cfg.initializer_factor
+        )
+        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+    def __call__(self, h):
+        return h + self.dropout(self.DenseReluDense(self.layer_norm(h)))
+
+
+class T5Block(nnx.Module):
+    def __init__(self, cfg: T5Config, *, is_decoder: bool, has_bias: bool, rngs: nnx.Rngs):
+        layers = [T5LayerSelfAttention(cfg, has_relative_attention_bias=has_bias, rngs=rngs)]
+        if is_decoder:
+            layers.append(T5LayerCrossAttention(cfg, rngs=rngs))
+        layers.append(T5LayerFF(cfg, rngs=rngs))
+        self.layer = nnx.List(layers)
+        self.is_decoder = is_decoder
+
+
+class T5Stack(nnx.Module):
+    """Encoder or decoder stack; the embedding table is the model's ``shared``."""
+
+    def __init__(self, cfg: T5Config, *, is_decoder: bool, rngs: nnx.Rngs):
+        n = cfg.num_decoder_layers if is_decoder else cfg.num_layers
+        self.block = nnx.List(
+            [T5Block(cfg, is_decoder=is_decoder, has_bias=i == 0, rngs=rngs) for i in range(n)]
+        )
+        self.final_layer_norm = RMSNorm(
+            cfg.d_model, cfg.layer_norm_epsilon, scale_init=cfg.initializer_factor
+        )
+        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+        self.is_decoder = is_decoder
+        self.max_distance = cfg.relative_attention_max_distance
+
+    def position_bias(self, query_position, key_position) -> jnp.ndarray:
+        """``[1, N, Q, K]`` from block 0's table (shared by every layer of the stack)."""
+        table = self.block[0].layer[0].SelfAttention.relative_attention_bias.embedding[...]
+        return relative_position_bias(
+            table,
+            query_position,
+            key_position,
+            bidirectional=not self.is_decoder,
+            max_distance=self.max_distance,
+        )
+
+
+class T5EncoderDecoder(nnx.Module):
+    """HF ``T5ForConditionalGeneration`` without the loss: encode, decode, lm head."""
+
+    def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
+        self.config = config
+        f = config.initializer_factor
+        self.shared = nnx.Embed(
+            config.vocab_size, config.d_model, embedding_init=_normal(f), rngs=rngs
+        )
+        self.encoder = T5Stack(config, is_decoder=False, rngs=rngs)
+        self.decoder = T5Stack(config, is_decoder=True, rngs=rngs)
+        if not config.tie_word_embeddings:
+            self.lm_head = _linear(config.d_model, config.vocab_size, f, rngs)
+
+    def encode(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray) -> jnp.ndarray:
+        """``input_ids, attention_mask [B, T]`` -> last hidden state ``[B, T, D]``."""
+        enc = self.encoder
+        t = input_ids.shape[1]
+        pos = jnp.arange(t)
+        bias = enc.position_bias(pos, pos) + additive_mask(attention_mask[:, None, None, :])
+        h = enc.dropout(self.shared(input_ids))
+        for block in enc.block:
+            h, _ = block.layer[0](h, bias)
+            h = block.layer[1](h)
+        return enc.dropout(enc.final_layer_norm(h))
+
+    def cross_bias(self, attention_mask: jnp.ndarray) -> jnp.ndarray:
+        return additive_mask(attention_mask[:, None, None, :])  # [B, 1, 1, T]
+
+    def cross_kv(self, enc_out: jnp.ndarray):
+        """Per decoder layer, the cross-attention keys/values ``[B, T, N, E]``."""
+        return [block.layer[1].project_kv(enc_out) for block in self.decoder.block]
+
+    def lm_logits(self, h: jnp.ndarray) -> jnp.ndarray:
+        """Decoder output ``[..., D]`` -> logits ``[..., V]``."""
+        if self.config.scale_decoder_outputs:
+            h = h * (self.config.d_model**-0.5)
+        if self.config.tie_word_embeddings:
+            return h @ self.shared.embedding[...].T
+        return self.lm_head(h)
+
+    def decode(
+        self,
+        decoder_input_ids: jnp.ndarray,
+        enc_out: jnp.ndarray,
+        attention_mask: jnp.ndarray,
+    ) -> jnp.ndarray:
+        """Teacher-forced decoder: ``decoder_input_ids [B*S, L]`` over ``enc_out [B, T, D]``
+        -> logits ``[B*S, L, V]`` (S >= 1 decoder rows per encoded series)."""
+        dec = self.decoder
+        n = decoder_input_ids.shape[1]
+        pos = jnp.arange(n)
+        causal = pos[None, :] <= pos[:, None]
+        self_bias = dec.position_bias(pos, pos) + additive_mask(causal)[None, None]
+        cross_bias = self.cross_bias(attention_mask)
+        h = dec.dropout(self.shared(decoder_input_ids))
+        for block, (k, v) in zip(dec.block, self.cross_kv(enc_out), strict=True):
+            h, _ = block.layer[0](h, self_bias)
+            h = block.layer[1](h, k, v, cross_bias)
+            h = block.layer[2](h)
+        return self.lm_logits(dec.dropout(dec.final_layer_norm(h)))
+
+    def __call__(self, input_ids, attention_mask, decoder_input_ids):
+        return self.decode(
+            decoder_input_ids, self.encode(input_ids, attention_mask), attention_mask
+        )
+
+    # ---- incremental decoding over a fixed-size cache ------------------------------------
+
+    def init_cache(self, enc_out, attention_mask, rows: int, max_len: int) -> T5DecodeCache:
+        """Empty self-attention cache for ``rows`` decoder rows and ``max_len`` positions, with
+        the cross-attention keys/values of ``enc_out [B, T, D]`` computed once."""
+        cfg = self.config
+        kv = self.cross_kv(enc_out)
+        zeros = jnp.zeros((rows, max_len, cfg.num_heads, cfg.d_kv), enc_out.dtype)
+        return T5DecodeCache(
+            self_k=tuple(zeros for _ in kv),
+            self_v=tuple(zeros for _ in kv),
+            cross_k=tuple(k for k, _ in kv),
+            cross_v=tuple(v for _, v in kv),
+            cross_bias=self.cross_bias(attention_mask),
+            next_index=jnp.zeros((), jnp.int32),
+        )
+
+    def decode_step(self, tokens: jnp.ndarray, cache: T5DecodeCache):
+        """One decoder position for every row: ``tokens [R]`` -> logits ``[R, V]``, new cache."""
+        dec, t = self.decoder, cache.next_index
+        max_len = cache.self_k[0].shape[1]
+        keys = jnp.arange(max_len)
+        self_bias = dec.position_bias(t[None], keys)  # [1, N, 1, T_max]
+        self_bias = self_bias + additive_mask(keys <= t)[None, None, None, :]
+        h = self.shared(tokens[:, None])  # [R, 1, D]
+        new_k, new_v = [], []
+        for i, block in enumerate(dec.block):
+            h, (k, v) = block.layer[0](h, self_bias, (cache.self_k[i], cache.self_v[i]), t)
+            new_k.append(k)
+            new_v.append(v)
+            h = block.layer[1](h, cache.cross_k[i], cache.cross_v[i], cache.cross_bias)
+            h = block.layer[2](h)
+        logits = self.lm_logits(dec.final_layer_norm(h))[:, 0]  # [R, V]
+        cache = dataclasses.replace(
+            cache, self_k=tuple(new_k), self_v=tuple(new_v), next_index=t + 1
+        )
+        return logits, cache
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class T5DecodeCache:
+    """Decoder state between steps (a pytree, so it can be a ``lax.scan`` carry).
+
+    Per decoder layer (tuples, so each layer's buffer is updated in place): self_k/self_v
+    ``[R, T_max, N, E]`` (R decoder rows); cross_k/cross_v ``[B, T, N, E]`` (one copy per
+    series, shared by its R/B rows). cross_bias ``[B, 1, 1, T]``;
+    next_index: the position the next token is written to.
+    """
+
+    self_k: tuple
+    self_v: tuple
+    cross_k: tuple
+    cross_v: tuple
+    cross_bias: jnp.ndarray
+    next_index: jnp.ndarray
