@@ -1,22 +1,32 @@
 """Benchmark data pipeline (OpenLTM / Time-Series-Library long-term-forecasting protocol).
 
 Reading CSVs, locating files (``--data-dir`` / ``$JAXTS_DATA_DIR`` / vendored ETTh1), the
-ETT and 70/10/20 split borders, the train-only standard scaler, and stride-1 windows.
-See ``docs/data.md``.
+ETT and 70/10/20 split borders, the train-only standard scaler, and stride-1 windows. See
+``docs/data.md``. M4 Hourly (vendored): ``load_m4_hourly`` (``docs/chronos_training.md``).
 """
 
 from jaxts.data._io import DataError, dataset_name, read_table
+from jaxts.data._m4 import (
+    M4_HOURLY_HORIZON,
+    M4_HOURLY_SEASONALITY,
+    load_m4_hourly,
+    m4_hourly_paths,
+)
 from jaxts.data._paths import resolve_path
 from jaxts.data._splits import SPLITS, load_split, scaler_stats, split_borders
 from jaxts.data._windows import NextPatchWindows, forecast_windows, n_windows, pad_batch
 
 __all__ = [
     "DataError",
+    "M4_HOURLY_HORIZON",
+    "M4_HOURLY_SEASONALITY",
     "NextPatchWindows",
     "SPLITS",
     "dataset_name",
     "forecast_windows",
+    "load_m4_hourly",
     "load_split",
+    "m4_hourly_paths",
     "n_windows",
     "pad_batch",
     "read_table",

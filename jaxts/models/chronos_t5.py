@@ -19,6 +19,7 @@ from flax import nnx
 
 from jaxts.models.chronos_tokenizer import ChronosConfig, MeanScaleUniformBins
 from jaxts.models.t5 import T5Config, T5EncoderDecoder
+from jaxts.sampling import categorical, top_k_filter, top_p_filter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,17 +82,9 @@ def process_logits(logits, *, eos_token_id: int, temperature, top_k: int, top_p:
     """
     logits = logits.astype(jnp.float32).at[:, eos_token_id].set(-jnp.inf)
     logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [R, 1]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    logits = top_k_filter(logits, top_k)
     if top_p is not None:
-        sorted_logits = jnp.sort(logits, axis=-1)  # ascending, as HF's TopPLogitsWarper
-        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-        remove = cum <= 1 - top_p
-        remove = remove.at[:, -1].set(False)
-        # the threshold value: everything strictly below the smallest kept logit is removed
-        kept_min = jnp.min(jnp.where(remove, jnp.inf, sorted_logits), axis=-1, keepdims=True)
-        logits = jnp.where(logits < kept_min, -jnp.inf, logits)
+        logits = top_p_filter(logits, top_p)
     return logits
 
 
@@ -133,7 +126,7 @@ def _sample_tokens(
         if greedy:  # top-k 1 leaves one candidate: sampling is the argmax
             nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         else:
-            nxt = jax.random.categorical(jax.random.fold_in(key, t), logits).astype(jnp.int32)
+            nxt = categorical(jax.random.fold_in(key, t), logits)
         return (nxt, cache), nxt
 
     _, tokens = jax.lax.scan(step, (start, cache), jnp.arange(prediction_length))
