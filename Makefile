@@ -30,6 +30,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.timer_xl
 	$(BIN)/python -m bench.spec
+	$(BIN)/python -m bench.chronos
 
 clean-venv:
 	rm -rf $(VENV)
