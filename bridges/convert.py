@@ -2,9 +2,15 @@
 
     python -m bridges.convert timer_xl IN.pth OUT_DIR [--use-norm | --no-use-norm] [--config cfg.json]
     python -m bridges.convert timer_xl CKPT_DIR OUT.pth
+    python -m bridges.convert chronos HF_DIR_OR_HUB_ID OUT_DIR
+    python -m bridges.convert chronos CKPT_DIR OUT_HF_DIR
 
-The direction follows the input: a ``.pth``/``.pt`` file becomes a jaxts checkpoint directory
-(``config.json`` + orbax ``params/``); a jaxts checkpoint directory becomes an OpenLTM ``.pth``.
+The direction follows the input. timer_xl: a ``.pth``/``.pt`` file becomes a jaxts checkpoint
+directory (``config.json`` + orbax ``params/``); a jaxts checkpoint directory becomes an OpenLTM
+``.pth``. chronos: an HF Chronos-T5 directory (``config.json`` with ``chronos_config`` +
+``model.safetensors`` or ``pytorch_model.bin``) or a hub id such as ``amazon/chronos-t5-small``
+becomes a jaxts checkpoint directory; a jaxts checkpoint directory (``params/`` + ``config.json``
+with ``"model"``) becomes an HF directory that ``ChronosPipeline.from_pretrained`` loads.
 """
 
 from __future__ import annotations
@@ -40,7 +46,47 @@ def _timer_xl(args) -> None:
     print(f"wrote jaxts checkpoint {dst} ({model.config})")
 
 
-CONVERTERS = {"timer_xl": _timer_xl}
+def _is_jaxts_dir(path: Path) -> bool:
+    """A jaxts checkpoint directory: ``params/`` and a ``config.json`` naming the model (an HF
+    directory's ``config.json`` has ``chronos_config`` instead)."""
+    config = path / "config.json"
+    if not ((path / "params").is_dir() and config.is_file()):
+        return False
+    try:
+        meta = json.loads(config.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config}: not valid JSON ({e})") from e
+    return isinstance(meta, dict) and "model" in meta
+
+
+def _chronos(args) -> None:
+    from bridges import chronos as bridge
+    from jaxts.checkpoint import load_model, save_model
+    from jaxts.models.chronos_t5 import ChronosT5
+
+    timer_only = {
+        "--config": args.config,
+        "--use-norm": args.use_norm,
+        "--activation": args.activation,
+        "--covariate": args.covariate,
+    }
+    given = [name for name, value in timer_only.items() if value is not None]
+    if given:
+        raise ValueError(f"{given} apply to timer_xl only; chronos reads config.json")
+    src, dst = Path(args.src).expanduser(), Path(args.dst)
+    if src.is_dir() and _is_jaxts_dir(src):
+        model = load_model(src)
+        if not isinstance(model, ChronosT5):
+            raise ValueError(f"{src} holds a {type(model).__name__}, not a Chronos-T5")
+        bridge.save_hf(model, dst)
+        print(f"wrote HF Chronos-T5 directory {dst} ({model.config.t5})")
+        return
+    model = bridge.from_hf(args.src)  # an HF directory, or a hub id
+    save_model(model, dst, extra={"source": str(args.src)})
+    print(f"wrote jaxts checkpoint {dst} ({model.config.t5})")
+
+
+CONVERTERS = {"timer_xl": _timer_xl, "chronos": _chronos}
 
 
 def main(argv=None) -> int:
@@ -50,15 +96,22 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", choices=sorted(CONVERTERS))
-    p.add_argument("src", help="OpenLTM .pth file, or a jaxts checkpoint directory")
-    p.add_argument("dst", help="output jaxts directory, or output .pth file")
-    p.add_argument("--config", help="JSON file with the full model config (else inferred)")
+    p.add_argument(
+        "src",
+        help="OpenLTM .pth file, HF Chronos directory or hub id, or a jaxts checkpoint directory",
+    )
+    p.add_argument(
+        "dst", help="output jaxts directory, or output .pth file (timer_xl) / HF directory"
+    )
+    p.add_argument(
+        "--config", help="timer_xl: JSON file with the full model config (else inferred)"
+    )
     p.add_argument(
         "--use-norm",
         dest="use_norm",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="OpenLTM --use_norm (not stored in .pth files)",
+        help="timer_xl: OpenLTM --use_norm (not stored in .pth files)",
     )
     p.add_argument("--activation", choices=["relu", "gelu"], default=None)
     p.add_argument("--covariate", action=argparse.BooleanOptionalAction, default=None)

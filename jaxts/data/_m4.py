@@ -108,11 +108,10 @@ def _is_float(v: str) -> bool:
     return True
 
 
-def load_m4_hourly(
-    data_dir: str | os.PathLike | None = None,
-) -> tuple[list[np.ndarray], np.ndarray]:
+def load_m4_hourly(data_dir: str | os.PathLike | None = None, *, with_ids: bool = False):
     """``(train, test)``: 414 float32 train series (lengths 700-960, padding removed) and the
-    test values float32 ``[414, 48]``, row ``i`` of test continuing ``train[i]``.
+    test values float32 ``[414, 48]``, row ``i`` of test continuing ``train[i]``. With
+    ``with_ids=True``, ``(train, test, ids)`` with the series ids (``'H1'`` ...).
 
     Files are looked up like :func:`jaxts.data.resolve_path` (``data_dir``,
     ``$JAXTS_DATA_DIR``, the vendored copy, ``<repo>/../shared/data``; flat or in ``M4/``).
@@ -132,4 +131,5 @@ def load_m4_hourly(
                 f"{test_path}: series {sid!r} has {len(r)} test values, expected "
                 f"{M4_HOURLY_HORIZON}"
             )
-    return train, np.stack(test_rows).astype(np.float32)
+    test = np.stack(test_rows).astype(np.float32)
+    return (train, test, train_ids) if with_ids else (train, test)

@@ -41,10 +41,15 @@ def prepare_context(context) -> np.ndarray:
         context = [context[c].to_numpy(np.float32) for c in context.columns]
     elif pd is not None and isinstance(context, pd.Series):
         context = context.to_numpy(np.float32)
+    if isinstance(context, (list, tuple)) and context and all(np.ndim(c) == 0 for c in context):
+        context = np.asarray(context, dtype=object)  # a flat list of numbers: one series
     if isinstance(context, (list, tuple)):
         if not context:
             raise ValueError("context is an empty list")
-        series = [np.asarray(c, np.float32) for c in context]
+        try:
+            series = [np.asarray(c, np.float32) for c in context]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"context is not numeric: {e}") from e
         for i, s in enumerate(series):
             if s.ndim != 1:
                 raise ValueError(f"context[{i}] must be 1-D, got shape {s.shape}")
@@ -55,7 +60,7 @@ def prepare_context(context) -> np.ndarray:
                 arr[i, width - len(s) :] = s
     else:
         try:
-            arr = np.asarray(context, np.float32)
+            arr = np.asarray(context).astype(np.float32)
         except (TypeError, ValueError) as e:
             raise ValueError(f"context is not numeric: {e}") from e
         if arr.ndim == 1:
