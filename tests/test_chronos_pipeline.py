@@ -311,6 +311,7 @@ def test_input_types_are_equivalent(pipes):
     for name, context in {
         "Series": pd.Series(x1, index=pd.date_range("2024", periods=12, freq="h")),
         "1-D tensor": torch.from_numpy(x1),
+        "flat list of numbers": x1.tolist(),
     }.items():
         np.testing.assert_array_equal(prepare_context(context), x1[None], err_msg=name)
     # end to end: a DataFrame forecasts like its columns (NaN-led columns = shorter series)
