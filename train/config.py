@@ -1,5 +1,5 @@
 """Run configuration: a YAML file with sections ``model``, ``data``, ``optim`` and ``run`` (and
-``distill`` for ``train.distill``).
+``distill`` for ``train.distill``, ``chronos`` for ``train.chronos``).
 
 Every key is checked: an unknown key in any section (or an unknown section) is an error that
 lists all offenders, because a silently ignored typo (``learing_rate``) is the worst failure
@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "ChronosModelSection",
+    "ChronosTrainConfig",
     "ConfigError",
     "DataConfig",
     "DistillConfig",
@@ -33,7 +35,7 @@ __all__ = [
     "model_config",
 ]
 
-MODEL_NAMES = ("timer_xl",)
+MODEL_NAMES = ("timer_xl", "chronos_t5")
 
 
 class ConfigError(ValueError):
@@ -139,21 +141,118 @@ class DistillConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChronosModelSection:
+    """The ``model`` section of a Chronos-T5 run (``name: chronos_t5``), flat: the T5 shape and
+    the tokenizer / sampling settings. Defaults are amazon/chronos-t5-tiny's.
+    :meth:`build` gives the :class:`~jaxts.models.chronos_t5.ChronosT5Config` (T5 ``vocab_size``
+    is ``n_tokens``; pad 0, EOS 1, decoder start 0, tied embeddings, as every Chronos-T5)."""
+
+    d_model: int = 256
+    d_kv: int = 64
+    d_ff: int = 1024
+    num_layers: int = 4
+    num_decoder_layers: int = 4
+    num_heads: int = 4
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1
+    feed_forward_proj: str = "relu"
+    initializer_factor: float = 0.05
+    n_tokens: int = 4096
+    low_limit: float = -15.0
+    high_limit: float = 15.0
+    context_length: int = 512
+    prediction_length: int = 64
+    num_samples: int = 20
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ConfigError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        self.build()  # T5Config / ChronosConfig validate the rest (ValueError)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ChronosModelSection:
+        return cls(**d)
+
+    def build(self):
+        from jaxts.models.chronos_t5 import ChronosT5Config
+        from jaxts.models.chronos_tokenizer import ChronosConfig
+        from jaxts.models.t5 import T5Config
+
+        t5 = {f.name: getattr(self, f.name) for f in dataclasses.fields(T5Config)
+              if hasattr(self, f.name)}  # fmt: skip
+        chronos = {f.name: getattr(self, f.name) for f in dataclasses.fields(ChronosConfig)
+                   if hasattr(self, f.name)}  # fmt: skip
+        return ChronosT5Config(
+            t5=T5Config(vocab_size=self.n_tokens, **t5),
+            chronos=ChronosConfig(
+                tokenizer_kwargs={"low_limit": self.low_limit, "high_limit": self.high_limit},
+                **chronos,
+            ),
+        )
+
+
+CHRONOS_SCHEDULES = ("linear", "cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChronosTrainConfig:
+    """Chronos pre-training / fine-tuning on random windows (``train.chronos``).
+
+    An "epoch" is ``steps_per_epoch`` optimizer steps; the run is ``optim.train_epochs`` of
+    them. The learning rate follows ``schedule`` per step (peak ``optim.learning_rate`` after
+    ``warmup_steps`` of linear warmup), with AdamW (decoupled ``optim.weight_decay``) and global
+    gradient-norm clipping at ``grad_clip``. ``optim.lradj``, ``tmax``, ``patience``,
+    ``valid_last`` and ``max_steps_per_epoch`` do not apply.
+    """
+
+    # Series sources: ETT / weather names (train split, every column) and 'm4_hourly'.
+    datasets: tuple[str, ...] = ("ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather", "m4_hourly")
+    steps_per_epoch: int = 500
+    min_past: int = 60  # observed values before a window's forecast start (Chronos' min_past)
+    schedule: str = "linear"  # per-step decay to 0 after warmup (HF lr_scheduler_type)
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # HF Trainer max_grad_norm; 0 = off
+    init_from: str | None = None  # fine-tune: an HF Chronos dir / hub id or a jaxts model dir
+
+    def __post_init__(self):
+        if not self.datasets:
+            raise ConfigError("chronos.datasets must name at least one source")
+        if self.schedule not in CHRONOS_SCHEDULES:
+            raise ConfigError(
+                f"chronos.schedule must be one of {list(CHRONOS_SCHEDULES)}, got {self.schedule!r}"
+            )
+        if self.steps_per_epoch <= 0 or self.min_past <= 0:
+            raise ConfigError("chronos.steps_per_epoch and chronos.min_past must be positive")
+        if self.warmup_steps < 0 or not self.grad_clip >= 0:
+            raise ConfigError("chronos.warmup_steps and chronos.grad_clip must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """A whole run. ``model`` holds the model's own config fields plus ``name``. ``distill`` is
-    present only in distillation configs (None otherwise, and then left out of ``to_dict``)."""
+    present only in distillation configs (None otherwise, and then left out of ``to_dict``);
+    ``chronos`` likewise only in ``train.chronos`` configs."""
 
     model: dict[str, Any]
     data: DataConfig
     optim: OptimConfig
     run: RunSection
     distill: DistillConfig | None = None
+    chronos: ChronosTrainConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["run"]["horizons"] = list(self.run.horizons)
         if self.distill is None:
             del out["distill"]
+        if self.chronos is None:
+            del out["chronos"]
+        else:
+            out["chronos"]["datasets"] = list(self.chronos.datasets)
         return out
 
 
@@ -166,6 +265,8 @@ def _model_class(name: str):
         from jaxts.models.timer_xl import TimerXLConfig
 
         return TimerXLConfig
+    if name == "chronos_t5":
+        return ChronosModelSection
     raise ConfigError(f"model.name must be one of {list(MODEL_NAMES)}, got {name!r}")
 
 
@@ -251,10 +352,11 @@ def _build(cls, section: str, raw: Any, errors: list[str]):
 
 
 def model_config(cfg: RunConfig):
-    """The model's config object (e.g. a ``TimerXLConfig``) from ``cfg.model``."""
+    """The model's config object (a ``TimerXLConfig``, a ``ChronosT5Config``) from ``cfg.model``."""
     fields = dict(cfg.model)
     cls = _model_class(fields.pop("name", "timer_xl"))
-    return cls.from_dict(fields)
+    out = cls.from_dict(fields)
+    return out.build() if isinstance(out, ChronosModelSection) else out
 
 
 def config_from_dict(raw: Any) -> RunConfig:
@@ -262,15 +364,17 @@ def config_from_dict(raw: Any) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"a run config must be a mapping, got {type(raw).__name__}")
     errors: list[str] = []
-    unknown = sorted(set(raw) - {"model", *_SECTIONS, "distill"})
+    unknown = sorted(set(raw) - {"model", *_SECTIONS, "distill", "chronos"})
     if unknown:
         errors.append(
             f"unknown sections: {', '.join(map(str, unknown))} "
-            f"(known: model, {', '.join(_SECTIONS)}, distill)"
+            f"(known: model, {', '.join(_SECTIONS)}, distill, chronos)"
         )
     sections = {name: _build(cls, name, raw.get(name), errors) for name, cls in _SECTIONS.items()}
     if "distill" in raw:
         sections["distill"] = _build(DistillConfig, "distill", raw["distill"], errors)
+    if "chronos" in raw:
+        sections["chronos"] = _build(ChronosTrainConfig, "chronos", raw["chronos"], errors)
 
     model_raw = raw.get("model") or {}
     model: dict[str, Any] | None = None
