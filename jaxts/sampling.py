@@ -37,6 +37,7 @@ def kth_largest(logits: jnp.ndarray, k: int) -> jnp.ndarray:
     """
     keys = _ordered_bits(logits)
     rows = logits.shape[0]
+    ones = jnp.ones((logits.shape[-1], 1), jnp.float32)
     lo = jnp.zeros((rows, 1), jnp.uint32)  # invariant: count(keys >= lo) >= k
     hi = jnp.full((rows, 1), 0xFFFFFFFF, jnp.uint32)
 
@@ -44,7 +45,9 @@ def kth_largest(logits: jnp.ndarray, k: int) -> jnp.ndarray:
         lo, hi = bounds
         gap = hi - lo
         mid = lo + (gap >> 1) + (gap & 1)  # ceil midpoint without uint32 overflow
-        ok = jnp.sum(keys >= mid, axis=-1, keepdims=True, dtype=jnp.int32) >= k
+        # the count as a GEMV with ones: XLA CPU's dot beats its int reduction ~1.6x here;
+        # float32 counts are exact up to 2**24 entries
+        ok = (keys >= mid).astype(jnp.float32) @ ones >= k
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
 
     lo, _ = jax.lax.fori_loop(0, 32, halve, (lo, hi))

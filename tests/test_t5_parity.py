@@ -168,7 +168,7 @@ def test_long_sequence_beyond_max_distance():
     np.testing.assert_allclose(np.asarray(got), want, atol=MODEL_TOL)
 
 
-@pytest.mark.parametrize("name", ["inner_ne_d_model", "decoder_deeper"])
+@pytest.mark.parametrize("name", ["inner_ne_d_model", "decoder_deeper", "gated_gelu"])
 def test_cached_decode_equals_teacher_forcing(name):
     """decode_step over the fixed-size cache == the full causal decoder, position by position,
     with S decoder rows per encoded series (the sampler's layout)."""
@@ -183,13 +183,14 @@ def test_cached_decode_equals_teacher_forcing(name):
     full = np.asarray(jm.decode(jnp.asarray(dec), enc_rep, mask_rep))  # [B*S, n, V]
     folded = np.asarray(jm.decode(jnp.asarray(dec), enc, _j(mask).astype(bool)))
     np.testing.assert_allclose(folded, full, atol=LAYER_TOL)
-    cache = jm.init_cache(enc, _j(mask).astype(bool), 2 * s, n + 4)
-    steps = []
-    for t in range(n):
-        logits, cache = jm.decode_step(jnp.asarray(dec[:, t]), cache)
-        steps.append(np.asarray(logits))
-    assert int(cache.next_index) == n
-    np.testing.assert_allclose(np.stack(steps, 1), full, atol=LAYER_TOL)
+    for kernels in (None, jm.decode_kernels()):  # module kernels, or the [out, in] copies
+        cache = jm.init_cache(enc, _j(mask).astype(bool), 2 * s, n + 4)
+        steps = []
+        for t in range(n):
+            logits, cache = jm.decode_step(jnp.asarray(dec[:, t]), cache, kernels)
+            steps.append(np.asarray(logits))
+        assert int(cache.next_index) == n
+        np.testing.assert_allclose(np.stack(steps, 1), full, atol=LAYER_TOL)
 
 
 def test_untied_head_and_unscaled_output():

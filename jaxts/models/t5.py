@@ -91,6 +91,18 @@ def _linear(d_in: int, d_out: int, std: float, rngs: nnx.Rngs) -> nnx.Linear:
     return nnx.Linear(d_in, d_out, use_bias=False, kernel_init=_normal(std), rngs=rngs)
 
 
+def dense(linear: nnx.Linear, x: jnp.ndarray, kernel_out_in: jnp.ndarray | None = None):
+    """``linear(x)``, or the same product with the kernel given as ``[out, in]``.
+
+    The decode loop passes kernels transposed once outside the jitted sampler: XLA's CPU GEMM
+    streams an ``[out, in]`` weight 15-35% faster at the decode step's few rows (measured on
+    t5-small shapes at 20 and 160 rows), and those steps are bound by reading the weights.
+    """
+    if kernel_out_in is None:
+        return linear(x)
+    return jnp.einsum("...i,oi->...o", x, kernel_out_in)
+
+
 def additive_mask(keep: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
     """0 where ``keep``, the dtype's most negative value elsewhere (HF's convention: a row with
     every key masked stays finite instead of becoming NaN)."""
@@ -117,12 +129,12 @@ class T5Attention(nnx.Module):
             )
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
-    def heads(self, proj: nnx.Linear, x: jnp.ndarray) -> jnp.ndarray:
+    def heads(self, proj: nnx.Linear, x: jnp.ndarray, kernel_out_in=None) -> jnp.ndarray:
         """``[B, T, D]`` -> heads-major ``[B, N, T, d_kv]``.
 
         Heads-major is what XLA's CPU batched dot wants: with ``[B, T, N, E]`` operands the
         decode step's attention ran 3-7x slower (measured on t5-small shapes)."""
-        y = proj(x).reshape(*x.shape[:-1], self.n_heads, self.d_kv)
+        y = dense(proj, x, kernel_out_in).reshape(*x.shape[:-1], self.n_heads, self.d_kv)
         return jnp.swapaxes(y, -2, -3)
 
     def attend(self, q, k, v, bias) -> jnp.ndarray:
@@ -133,10 +145,10 @@ class T5Attention(nnx.Module):
         probs = self.dropout(probs)
         return jnp.einsum("bnqk,bnke->bnqe", probs, v)  # [B, N, Q, E]
 
-    def output(self, heads: jnp.ndarray) -> jnp.ndarray:
+    def output(self, heads: jnp.ndarray, kernel_out_in=None) -> jnp.ndarray:
         """``[B, N, Q, E]`` -> ``[B, Q, D]`` through ``o``."""
         y = jnp.swapaxes(heads, 1, 2)  # [B, Q, N, E]
-        return self.o(y.reshape(*y.shape[:2], -1))
+        return dense(self.o, y.reshape(*y.shape[:2], -1), kernel_out_in)
 
 
 class T5LayerSelfAttention(nnx.Module):
@@ -149,19 +161,23 @@ class T5LayerSelfAttention(nnx.Module):
         )
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
-    def __call__(self, h, bias, cache_kv=None, index=None):
+    def __call__(self, h, bias, cache_kv=None, index=None, w=None):
         """Full sequence (``cache_kv=None``) or one decode step writing k/v at ``index``.
 
-        ``cache_kv`` is ``(k, v)`` of shape ``[B, N, T_max, E]``; returns ``(h, cache_kv)``.
+        ``cache_kv`` is ``(k, v)`` of shape ``[B, N, T_max, E]``; ``w`` optional ``[out, in]``
+        kernels by name (see :func:`dense`); returns ``(h, cache_kv)``.
         """
-        attn = self.SelfAttention
+        attn, w = self.SelfAttention, w or {}
         x = self.layer_norm(h)
-        q, k, v = attn.heads(attn.q, x), attn.heads(attn.k, x), attn.heads(attn.v, x)
+        q = attn.heads(attn.q, x, w.get("q"))
+        k = attn.heads(attn.k, x, w.get("k"))
+        v = attn.heads(attn.v, x, w.get("v"))
         if cache_kv is not None:
             k = jax.lax.dynamic_update_slice(cache_kv[0], k, (0, 0, index, 0))
             v = jax.lax.dynamic_update_slice(cache_kv[1], v, (0, 0, index, 0))
             cache_kv = (k, v)
-        return h + self.dropout(attn.output(attn.attend(q, k, v, bias))), cache_kv
+        out = attn.output(attn.attend(q, k, v, bias), w.get("o"))
+        return h + self.dropout(out), cache_kv
 
 
 class T5LayerCrossAttention(nnx.Module):
@@ -177,19 +193,19 @@ class T5LayerCrossAttention(nnx.Module):
         attn = self.EncDecAttention
         return attn.heads(attn.k, enc), attn.heads(attn.v, enc)
 
-    def __call__(self, h, k, v, bias):
+    def __call__(self, h, k, v, bias, w=None):
         """``h [B*S, Q, D]`` over ``k, v [B, N, T, E]``: the S decoder rows of a series share its
         encoder keys, so they are folded into the query axis instead of repeating k/v S times
         (exact: cross-attention has no position bias). ``bias [B, 1, 1, T]``."""
-        attn = self.EncDecAttention
+        attn, w = self.EncDecAttention, w or {}
         b, n = k.shape[:2]
         rows, n_q, _ = h.shape
         s = rows // b
-        q = attn.heads(attn.q, self.layer_norm(h))  # [B*S, N, Q, E]
+        q = attn.heads(attn.q, self.layer_norm(h), w.get("q"))  # [B*S, N, Q, E]
         q = q.reshape(b, s, n, n_q, -1).transpose(0, 2, 1, 3, 4).reshape(b, n, s * n_q, -1)
         out = attn.attend(q, k, v, bias)  # [B, N, S*Q, E]
         out = out.reshape(b, n, s, n_q, -1).transpose(0, 2, 1, 3, 4).reshape(rows, n, n_q, -1)
-        return h + self.dropout(attn.output(out))
+        return h + self.dropout(attn.output(out, w.get("o")))
 
 
 class T5DenseActDense(nnx.Module):
@@ -206,9 +222,16 @@ class T5DenseActDense(nnx.Module):
         self.wo = _linear(cfg.d_ff, d, f * cfg.d_ff**-0.5, rngs)
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
-    def __call__(self, x):
-        y = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
-        return self.wo(self.dropout(y))
+    def __call__(self, x, w=None):
+        w = w or {}
+        if self.gated:
+            y = self.act(dense(self.wi_0, x, w.get("wi_0"))) * dense(self.wi_1, x, w.get("wi_1"))
+        else:
+            y = self.act(dense(self.wi, x, w.get("wi")))
+        return dense(self.wo, self.dropout(y), w.get("wo"))
+
+    def kernels(self) -> tuple[str, ...]:
+        return ("wi_0", "wi_1", "wo") if self.gated else ("wi", "wo")
 
 
 class T5LayerFF(nnx.Module):
@@ -219,8 +242,8 @@ class T5LayerFF(nnx.Module):
         )
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
-    def __call__(self, h):
-        return h + self.dropout(self.DenseReluDense(self.layer_norm(h)))
+    def __call__(self, h, w=None):
+        return h + self.dropout(self.DenseReluDense(self.layer_norm(h), w))
 
 
 class T5Block(nnx.Module):
@@ -344,8 +367,33 @@ class T5EncoderDecoder(nnx.Module):
             next_index=jnp.zeros((), jnp.int32),
         )
 
-    def decode_step(self, tokens: jnp.ndarray, cache: T5DecodeCache):
-        """One decoder position for every row: ``tokens [R]`` -> logits ``[R, V]``, new cache."""
+    def decode_kernels(self) -> tuple[dict, ...]:
+        """Every decoder kernel transposed to ``[out, in]``, per layer, for :meth:`decode_step`.
+
+        Call it outside jit (eagerly): materialised here, the transposed copies keep their
+        layout; inside the same program XLA would fold the transpose back into the dot.
+        """
+
+        def t(linear):
+            return jnp.asarray(linear.kernel[...]).T
+
+        out = []
+        for block in self.decoder.block:
+            sa, ca = block.layer[0].SelfAttention, block.layer[1].EncDecAttention
+            ff = block.layer[2].DenseReluDense
+            out.append(
+                {
+                    "self": {n: t(getattr(sa, n)) for n in "qkvo"},
+                    "cross": {n: t(getattr(ca, n)) for n in "qo"},
+                    "ff": {n: t(getattr(ff, n)) for n in ff.kernels()},
+                }
+            )
+        return tuple(out)
+
+    def decode_step(self, tokens: jnp.ndarray, cache: T5DecodeCache, kernels=None):
+        """One decoder position for every row: ``tokens [R]`` -> logits ``[R, V]``, new cache.
+
+        ``kernels``: optional :meth:`decode_kernels` (same result, faster on CPU)."""
         dec, t = self.decoder, cache.next_index
         max_len = cache.self_k[0].shape[2]
         keys = jnp.arange(max_len)
@@ -354,11 +402,15 @@ class T5EncoderDecoder(nnx.Module):
         h = self.shared(tokens[:, None])  # [R, 1, D]
         new_k, new_v = [], []
         for i, block in enumerate(dec.block):
-            h, (k, v) = block.layer[0](h, self_bias, (cache.self_k[i], cache.self_v[i]), t)
+            w = kernels[i] if kernels is not None else {}
+            kv = (cache.self_k[i], cache.self_v[i])
+            h, (k, v) = block.layer[0](h, self_bias, kv, t, w.get("self"))
             new_k.append(k)
             new_v.append(v)
-            h = block.layer[1](h, cache.cross_k[i], cache.cross_v[i], cache.cross_bias)
-            h = block.layer[2](h)
+            h = block.layer[1](
+                h, cache.cross_k[i], cache.cross_v[i], cache.cross_bias, w.get("cross")
+            )
+            h = block.layer[2](h, w.get("ff"))
         logits = self.lm_logits(dec.final_layer_norm(h))[:, 0]  # [R, V]
         cache = dataclasses.replace(
             cache, self_k=tuple(new_k), self_v=tuple(new_v), next_index=t + 1
