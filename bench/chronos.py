@@ -27,24 +27,10 @@ import numpy as np
 import torch
 
 from bench._timing import time_jax, time_torch
+from tests.reference.chronos_config import chronos_config
 
 SMALL = dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)
-CHRONOS = dict(
-    tokenizer_class="MeanScaleUniformBins",
-    tokenizer_kwargs={"low_limit": -15.0, "high_limit": 15.0},
-    context_length=512,
-    prediction_length=64,
-    n_tokens=4096,
-    n_special_tokens=2,
-    pad_token_id=0,
-    eos_token_id=1,
-    use_eos_token=True,
-    model_type="seq2seq",
-    num_samples=20,
-    temperature=1.0,
-    top_k=50,
-    top_p=1.0,
-)
+CHRONOS = chronos_config()
 
 
 def sampling_flops(cfg, batch: int, context: int, horizon: int, samples: int) -> float:

@@ -19,23 +19,9 @@ from bridges._mapping import CheckpointKeyError
 from bridges.convert import main as convert_main
 from jaxts.checkpoint import load_model
 from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline
+from tests.reference.chronos_config import chronos_config
 
-CHRONOS = dict(
-    tokenizer_class="MeanScaleUniformBins",
-    tokenizer_kwargs={"low_limit": -15.0, "high_limit": 15.0},
-    context_length=64,
-    prediction_length=16,
-    n_tokens=4096,
-    n_special_tokens=2,
-    pad_token_id=0,
-    eos_token_id=1,
-    use_eos_token=True,
-    model_type="seq2seq",
-    num_samples=20,
-    temperature=1.0,
-    top_k=50,
-    top_p=1.0,
-)
+CHRONOS = chronos_config(context_length=64, prediction_length=16)
 T5 = dict(
     vocab_size=4096,
     d_model=32,

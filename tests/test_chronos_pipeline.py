@@ -16,25 +16,11 @@ from transformers import T5Config, T5ForConditionalGeneration
 import jaxts.pipelines.chronos_t5 as pipeline_module
 from jaxts.checkpoint import save_model
 from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline, prepare_context
+from tests.reference.chronos_config import chronos_config
 
 CONTEXT_LENGTH = 128  # two length buckets (64, 128), so left padding is exercised
 PREDICTION_LENGTH = 8
-CHRONOS = dict(
-    tokenizer_class="MeanScaleUniformBins",
-    tokenizer_kwargs={"low_limit": -15.0, "high_limit": 15.0},
-    context_length=CONTEXT_LENGTH,
-    prediction_length=PREDICTION_LENGTH,
-    n_tokens=4096,
-    n_special_tokens=2,
-    pad_token_id=0,
-    eos_token_id=1,
-    use_eos_token=True,
-    model_type="seq2seq",
-    num_samples=20,
-    temperature=1.0,
-    top_k=50,
-    top_p=1.0,
-)
+CHRONOS = chronos_config(context_length=CONTEXT_LENGTH, prediction_length=PREDICTION_LENGTH)
 
 
 def make_series(length, seed=0, level=10.0):

@@ -17,23 +17,9 @@ from jaxts.models.chronos_tokenizer import (  # noqa: E402
     torch_linspace_f32,
     torch_nansum_f32,
 )
+from tests.reference.chronos_config import chronos_config  # noqa: E402
 
-BASE = dict(
-    tokenizer_class="MeanScaleUniformBins",
-    tokenizer_kwargs={"low_limit": -15.0, "high_limit": 15.0},
-    context_length=512,
-    prediction_length=64,
-    n_tokens=4096,
-    n_special_tokens=2,
-    pad_token_id=0,
-    eos_token_id=1,
-    use_eos_token=True,
-    model_type="seq2seq",
-    num_samples=20,
-    temperature=1.0,
-    top_k=50,
-    top_p=1.0,
-)
+BASE = chronos_config()
 
 
 def pair(**over):
@@ -152,3 +138,7 @@ def test_config_errors(bad, match):
         ChronosConfig(**{**BASE, **bad})
     with pytest.raises(ValueError, match="unknown"):
         ChronosConfig.from_dict({**BASE, "extra_field": 1})
+
+
+def test_defaults_are_the_published_chronos_config():
+    assert ChronosConfig().to_dict() == chronos_config()

@@ -51,7 +51,8 @@ def hf_model(seed: int = 0, **kw):
     return model
 
 
-def jax_twin(tm) -> T5EncoderDecoder:
+def jax_twin(tm, **overrides) -> T5EncoderDecoder:
+    """The jaxts model with the HF model's weights (``overrides``: extra T5Config fields)."""
     hc = tm.config
     cfg = T5Config(
         vocab_size=hc.vocab_size,
@@ -64,6 +65,7 @@ def jax_twin(tm) -> T5EncoderDecoder:
         relative_attention_num_buckets=hc.relative_attention_num_buckets,
         relative_attention_max_distance=hc.relative_attention_max_distance,
         feed_forward_proj=hc.feed_forward_proj,
+        **overrides,
     )
     model = T5EncoderDecoder(cfg, rngs=nnx.Rngs(0))
     model.eval()
@@ -199,35 +201,7 @@ def test_untied_head_and_unscaled_output():
     assert tm.config.scale_decoder_outputs is False
     with torch.no_grad():
         tm.lm_head.weight = torch.nn.Parameter(torch.randn_like(tm.shared.weight))
-    hc = tm.config
-    cfg = T5Config(
-        vocab_size=hc.vocab_size,
-        d_model=hc.d_model,
-        d_kv=hc.d_kv,
-        d_ff=hc.d_ff,
-        num_layers=hc.num_layers,
-        num_decoder_layers=hc.num_decoder_layers,
-        num_heads=hc.num_heads,
-        tie_word_embeddings=False,
-        scale_decoder_outputs=False,
-    )
-    tied = jax_twin(hf_model(**CONFIGS["inner_ne_d_model"]))
-    jm = T5EncoderDecoder(cfg, rngs=nnx.Rngs(0))
-    jm.eval()
-    state = nnx.state(jm, nnx.Param)
-    pure = nnx.to_pure_dict(state)
-    donor = nnx.to_pure_dict(nnx.state(tied, nnx.Param))
-    for k in ("shared", "encoder", "decoder"):
-        pure[k] = donor[k]
-    pure["lm_head"]["kernel"] = tm.lm_head.weight.detach().numpy().T
-    nnx.replace_by_pure_dict(state, pure)
-    nnx.update(jm, state)
-    # same weights as the tied twin everywhere except the head
-    with torch.no_grad():
-        ref_tied = hf_model(**CONFIGS["inner_ne_d_model"])
-        for name, p in ref_tied.named_parameters():
-            if not name.startswith("lm_head"):
-                dict(tm.named_parameters())[name].copy_(p)
+    jm = jax_twin(tm, tie_word_embeddings=False, scale_decoder_outputs=False)
     ids, mask, dec = inputs(tm)
     with torch.no_grad():
         want = tm(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits.numpy()

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
 
 import numpy as np
+
+from jaxts.config import DictConfig
 
 _LANES = 8  # torch's Vectorized<float> width in its reduction kernels
 _ILP = 4  # accumulators per row in torch's row_sum
@@ -24,7 +25,7 @@ _LEVELS = 4
 
 
 @dataclasses.dataclass(frozen=True)
-class ChronosConfig:
+class ChronosConfig(DictConfig):
     """``chronos_config`` of an HF Chronos ``config.json`` (same names, same meaning)."""
 
     tokenizer_class: str = "MeanScaleUniformBins"
@@ -69,17 +70,6 @@ class ChronosConfig:
 
     def __hash__(self):  # tokenizer_kwargs is a dict; the config must hash (jit static arg)
         return hash(json.dumps(self.to_dict(), sort_keys=True))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ChronosConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown chronos_config keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:

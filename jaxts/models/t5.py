@@ -14,12 +14,12 @@ plain name table. What makes T5 T5 (and what a port gets wrong first):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxts.config import DictConfig
 from jaxts.layers.norms import RMSNorm
 from jaxts.layers.relative_position import relative_position_bias
 
@@ -30,7 +30,7 @@ _ACTIVATIONS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(DictConfig):
     """HF ``T5Config`` fields that change the computation (same names)."""
 
     vocab_size: int = 32128
@@ -70,17 +70,6 @@ class T5Config:
             raise ValueError(
                 "relative_attention_max_distance must be at least half the number of buckets"
             )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> T5Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown T5Config keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _normal(std: float):

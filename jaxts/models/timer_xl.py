@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxts.config import DictConfig
 from jaxts.layers.attention import AttentionLayer, softmax_attention
 from jaxts.layers.attention_bias import BinaryAttentionBias
 from jaxts.layers.init import torch_linear
@@ -29,7 +29,7 @@ INSTANCE_NORM_EPS = 1e-5  # OpenLTM's use_norm: sqrt(biased var + 1e-5)
 
 
 @dataclasses.dataclass(frozen=True)
-class TimerXLConfig:
+class TimerXLConfig(DictConfig):
     """Hyper-parameters with OpenLTM's argument names (shared with the PyTorch reference)."""
 
     input_token_len: int = 96
@@ -59,18 +59,6 @@ class TimerXLConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         partial_split(self.d_model // self.n_heads, ROPE_PARTIAL)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TimerXLConfig:
-        """Build from a mapping; unknown keys are an error (never silently ignored)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TimerXLConfig keys: {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 ROPE_PARTIAL = (0.0, 0.5)  # OpenLTM rotates the first half of each head's dimensions
