@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bench._timing import time_jax, time_torch
-from tests.reference.chronos_config import chronos_config
+from tests.reference.chronos_config import chronos_config, tiny_hf_chronos
 
 SMALL = dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)
 CHRONOS = chronos_config()
@@ -59,17 +59,9 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 
 def build(directory: Path):
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    torch.manual_seed(0)
-    hf = T5Config(
-        vocab_size=4096,
-        decoder_start_token_id=0,
-        initializer_factor=0.05,
-        chronos_config=CHRONOS,
-        **SMALL,
-    )
-    T5ForConditionalGeneration(hf).eval().save_pretrained(directory)
+    # HF's own initialisation (Chronos' initializer_factor), not a redraw
+    model = tiny_hf_chronos(CHRONOS, std=None, initializer_factor=0.05, **SMALL)
+    model.save_pretrained(directory)
 
 
 def run(batches, repeats, samples=20, horizon=64, context=512):

@@ -11,7 +11,6 @@ import torch
 from chronos import ChronosPipeline
 from flax import nnx
 from safetensors.torch import load_file, save_file
-from transformers import T5Config as HFT5Config
 from transformers import T5ForConditionalGeneration
 
 from bridges import chronos as bridge
@@ -19,30 +18,15 @@ from bridges._mapping import CheckpointKeyError
 from bridges.convert import main as convert_main
 from jaxts.checkpoint import load_model
 from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline
-from tests.reference.chronos_config import chronos_config
+from tests.reference.chronos_config import chronos_config, tiny_hf_chronos
 
 CHRONOS = chronos_config(context_length=64, prediction_length=16)
-T5 = dict(
-    vocab_size=4096,
-    d_model=32,
-    d_kv=8,
-    d_ff=64,
-    num_layers=2,
-    num_heads=4,
-    decoder_start_token_id=0,
-)
 # transformers bookkeeping that legitimately differs between two saves of one model
 _CONFIG_NOISE = {"_name_or_path", "transformers_version"}
 
 
 def hf_model(seed=0, **overrides) -> T5ForConditionalGeneration:
-    cfg = HFT5Config(**{**T5, **overrides}, chronos_config=dict(CHRONOS))
-    torch.manual_seed(seed)
-    tm = T5ForConditionalGeneration(cfg).eval()
-    with torch.no_grad():
-        for p in tm.parameters():
-            p.normal_(0, 0.3)  # HF's init leaves a nearly constant model
-    return tm
+    return tiny_hf_chronos(CHRONOS, seed=seed, **overrides)
 
 
 def canonical_sd(tm) -> dict[str, torch.Tensor]:

@@ -11,12 +11,11 @@ import torch
 from chronos import ChronosPipeline
 from chronos.utils import left_pad_and_stack_1D
 from scipy.stats import ks_2samp
-from transformers import T5Config, T5ForConditionalGeneration
 
 import jaxts.pipelines.chronos_t5 as pipeline_module
 from jaxts.checkpoint import save_model
 from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline, prepare_context
-from tests.reference.chronos_config import chronos_config
+from tests.reference.chronos_config import chronos_config, tiny_hf_chronos
 
 CONTEXT_LENGTH = 128  # two length buckets (64, 128), so left padding is exercised
 PREDICTION_LENGTH = 8
@@ -38,21 +37,8 @@ BATCH[2][40:43] = np.nan
 @pytest.fixture(scope="module")
 def pipes(tmp_path_factory):
     """(upstream, ours) for one tiny random Chronos-T5 saved with save_pretrained."""
-    cfg = T5Config(
-        vocab_size=4096,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        decoder_start_token_id=0,
-        chronos_config=CHRONOS,
-    )
-    torch.manual_seed(0)
-    tm = T5ForConditionalGeneration(cfg).eval()
+    tm = tiny_hf_chronos(CHRONOS)
     with torch.no_grad():
-        for p in tm.parameters():
-            p.normal_(0, 0.3)
         # Sharpen the next-token distribution (the logits are linear in this weight): with
         # N(0, 0.3) weights the top-50 logits span ~0.1, and no sampling setting would matter.
         tm.decoder.final_layer_norm.weight.mul_(30.0)

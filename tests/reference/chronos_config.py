@@ -28,3 +28,28 @@ def chronos_config(**overrides) -> dict:
     out = {**CHRONOS_T5_CONFIG, **overrides}
     out["tokenizer_kwargs"] = dict(out["tokenizer_kwargs"])
     return out
+
+
+TINY_T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+
+
+def tiny_hf_chronos(chronos: dict, *, seed: int = 0, std: float | None = 0.3, **t5_overrides):
+    """A random HF ``T5ForConditionalGeneration`` carrying ``chronos_config`` (float32, eval).
+
+    ``std``: redraw every parameter from N(0, std) (HF's init leaves a nearly constant model);
+    None keeps HF's init."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    cfg = T5Config(
+        **{"vocab_size": chronos["n_tokens"], **TINY_T5, **t5_overrides},
+        decoder_start_token_id=0,
+        chronos_config=dict(chronos),
+    )
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(cfg).eval()
+    if std is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, std)
+    return model
