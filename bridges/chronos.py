@@ -9,6 +9,7 @@ implement are rejected, not ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -229,8 +230,6 @@ def _resolve_tied(sd: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], boo
 
 
 def from_state_dict(sd: dict[str, np.ndarray], cfg: ChronosT5Config) -> ChronosT5:
-    import dataclasses
-
     sd, tied = _resolve_tied(sd)
     cfg = dataclasses.replace(cfg, t5=dataclasses.replace(cfg.t5, tie_word_embeddings=tied))
     model = ChronosT5(cfg, rngs=nnx.Rngs(0))

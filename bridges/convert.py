@@ -46,22 +46,9 @@ def _timer_xl(args) -> None:
     print(f"wrote jaxts checkpoint {dst} ({model.config})")
 
 
-def _is_jaxts_dir(path: Path) -> bool:
-    """A jaxts checkpoint directory: ``params/`` and a ``config.json`` naming the model (an HF
-    directory's ``config.json`` has ``chronos_config`` instead)."""
-    config = path / "config.json"
-    if not ((path / "params").is_dir() and config.is_file()):
-        return False
-    try:
-        meta = json.loads(config.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config}: not valid JSON ({e})") from e
-    return isinstance(meta, dict) and "model" in meta
-
-
 def _chronos(args) -> None:
     from bridges import chronos as bridge
-    from jaxts.checkpoint import load_model, save_model
+    from jaxts.checkpoint import is_checkpoint_dir, load_model, save_model
     from jaxts.models.chronos_t5 import ChronosT5
 
     timer_only = {
@@ -74,10 +61,8 @@ def _chronos(args) -> None:
     if given:
         raise ValueError(f"{given} apply to timer_xl only; chronos reads config.json")
     src, dst = Path(args.src).expanduser(), Path(args.dst)
-    if src.is_dir() and _is_jaxts_dir(src):
-        model = load_model(src)
-        if not isinstance(model, ChronosT5):
-            raise ValueError(f"{src} holds a {type(model).__name__}, not a Chronos-T5")
+    if is_checkpoint_dir(src):
+        model = load_model(src, expect=ChronosT5)
         bridge.save_hf(model, dst)
         print(f"wrote HF Chronos-T5 directory {dst} ({model.config.t5})")
         return

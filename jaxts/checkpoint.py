@@ -50,6 +50,20 @@ def save_model(model, directory, extra: dict | None = None) -> Path:
     return directory
 
 
+def is_checkpoint_dir(path) -> bool:
+    """A directory written by :func:`save_model`: ``params/`` and a ``config.json`` naming the
+    model (an HF directory's ``config.json`` has no ``"model"`` key)."""
+    path = Path(path)
+    config = path / CONFIG_FILE
+    if not ((path / PARAMS_DIR).is_dir() and config.is_file()):
+        return False
+    try:
+        meta = json.loads(config.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config}: not valid JSON ({e})") from e
+    return isinstance(meta, dict) and "model" in meta
+
+
 def read_config(directory):
     """(model name, config dataclass, metadata dict) of a saved model directory."""
     directory = Path(directory)
@@ -65,11 +79,13 @@ def read_config(directory):
     return name, cfg_cls.from_dict(meta["config"]), meta
 
 
-def load_model(directory, *, rngs: nnx.Rngs | None = None):
-    """Rebuild the model saved by :func:`save_model`."""
+def load_model(directory, *, rngs: nnx.Rngs | None = None, expect: type | None = None):
+    """Rebuild the model saved by :func:`save_model`; ``expect``: the class it must be."""
     directory = Path(directory).absolute()
     name, cfg, _ = read_config(directory)
     cls, _ = _model_registry()[name]
+    if expect is not None and cls is not expect:
+        raise ValueError(f"{directory} holds a {cls.__name__}, not a {expect.__name__}")
     model = cls(cfg, rngs=rngs or nnx.Rngs(0))
     state = nnx.state(model, nnx.Param)
     target = jax.tree.map(np.asarray, nnx.to_pure_dict(state))

@@ -443,7 +443,7 @@ def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.target import cli_parser, with_cli_paths
+    from train.target import cli_parser, exit_code, with_cli_paths
 
     parser = cli_parser(
         "python -m train.chronos",
@@ -457,16 +457,15 @@ def main(argv: list[str] | None = None) -> int:
         "--max-steps", type=int, default=None, help="stop after this many steps (resumable)"
     )
     args = parser.parse_args(argv)
-    try:
+
+    def job():
         cfg = with_cli_paths(load_config(args.config, args.overrides), args)
         if args.init_from is not None:
             c = cfg.chronos or ChronosTrainConfig()
             cfg = dataclasses.replace(cfg, chronos=dataclasses.replace(c, init_from=args.init_from))
         run(cfg, max_steps=args.max_steps)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(job)
 
 
 if __name__ == "__main__":

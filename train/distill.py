@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxts.data import DataError
 from jaxts.models.timer_xl import TimerXL, TimerXLConfig, draft_config
 from train.config import ConfigError, DistillConfig, RunConfig, dump_config, load_config
 from train.config import model_config as _model_config
@@ -506,7 +505,7 @@ def run(cfg: RunConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.target import cli_parser, with_cli_paths
+    from train.target import cli_parser, exit_code, with_cli_paths
 
     parser = cli_parser(
         "python -m train.distill",
@@ -518,8 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         "--init-from", default=None, help="pretrained draft to start from (distill.init_from)"
     )
     args = parser.parse_args(argv)
+
     # Paths are passed as strings (never YAML-parsed: a path may look like a number or null).
-    try:
+    def job():
         cfg = load_config(args.config, args.overrides)
         dist = cfg.distill if cfg.distill is not None else DistillConfig()
         if args.teacher is not None:
@@ -527,10 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.init_from is not None:
             dist = dataclasses.replace(dist, init_from=args.init_from)
         run(with_cli_paths(dataclasses.replace(cfg, distill=dist), args))
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return exit_code(job)
 
 
 if __name__ == "__main__":

@@ -227,6 +227,17 @@ def with_cli_paths(cfg: RunConfig, args) -> RunConfig:
     return cfg
 
 
+def exit_code(job) -> int:
+    """Run ``job()`` for a CLI: 0, or 2 with the message of a config or data error (no
+    traceback: those errors are the user's input, and their messages say what to fix)."""
+    try:
+        job()
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run(cfg: RunConfig) -> dict:
     """Train + evaluate; returns the test metrics dict."""
     import jax
@@ -277,12 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "optim.train_epochs=2",
     )
     args = parser.parse_args(argv)
-    try:
-        run(with_cli_paths(load_config(args.config, args.overrides), args))
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run(with_cli_paths(load_config(args.config, args.overrides), args)))
 
 
 if __name__ == "__main__":

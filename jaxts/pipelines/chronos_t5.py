@@ -98,14 +98,11 @@ class ChronosT5Pipeline:
     def from_pretrained(cls, path_or_repo_id: str | Path) -> ChronosT5Pipeline:
         """An HF Chronos directory or hub id (``amazon/chronos-t5-small``), or a jaxts
         checkpoint directory written by ``train.chronos`` / ``save_model``."""
-        path = Path(path_or_repo_id).expanduser()
-        if (path / "config.json").is_file() and (path / "params").is_dir():
-            from jaxts.checkpoint import load_model
+        from jaxts.checkpoint import is_checkpoint_dir, load_model
 
-            model = load_model(path)
-            if not isinstance(model, ChronosT5):
-                raise ValueError(f"{path} holds a {type(model).__name__}, not a Chronos-T5")
-            return cls(model)
+        path = Path(path_or_repo_id).expanduser()
+        if is_checkpoint_dir(path):
+            return cls(load_model(path, expect=ChronosT5))
         from bridges.chronos import from_hf
 
         return cls(from_hf(path_or_repo_id))
