@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bench._timing import time_jax, time_torch
-from tests.reference.chronos_config import chronos_config, tiny_hf_chronos
+from bridges.reference.chronos_t5_hf import chronos_config, tiny_hf_chronos
 
 SMALL = dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)
 CHRONOS = chronos_config()

@@ -85,8 +85,8 @@ def load_or_init(path, fallback: TimerXLConfig, seed: int) -> tuple[TimerXL, dic
 
 def torch_pair(target: TimerXL, draft: TimerXL):
     """OpenLTM target and STRIDE draft holding the jaxts weights (strict load), eval, float32."""
-    from tests.reference import timer_xl_draft_torch as dref
-    from tests.reference import timer_xl_torch as tref
+    from bridges.reference import timer_xl_draft_torch as dref
+    from bridges.reference import timer_xl_torch as tref
 
     def state(m):
         return {k: torch.from_numpy(np.array(v, np.float32)) for k, v in to_openltm(m).items()}
@@ -179,8 +179,8 @@ def jax_cases(target, draft, pred_len, a, key):
 
 
 def torch_cases(tm, dm, cfg: TimerXLConfig, draft_stochastic: bool, pred_len, a, seed):
-    from tests.reference import timer_xl_torch as tref
-    from tests.reference.stride_speculative_torch import SpeculativeDecoder
+    from bridges.reference import timer_xl_torch as tref
+    from bridges.reference.stride_speculative_torch import SpeculativeDecoder
 
     p = cfg.output_token_len
     steps = math.ceil(pred_len / p)

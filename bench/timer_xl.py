@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from bench._timing import time_jax, time_torch
+from bridges.reference import timer_xl_torch as ref
 from bridges.timer_xl import from_openltm
 from jaxts.data import forecast_windows
 from jaxts.models.timer_xl import rolling_forecast
-from tests.reference import timer_xl_torch as ref
 from train.config import load_config, model_config
 
 CFG = model_config(load_config(Path(__file__).parents[1] / "configs/timer_xl_etth1.yaml"))

@@ -47,7 +47,7 @@ def _timer_xl(args) -> None:
 
 
 def _chronos(args) -> None:
-    from bridges import chronos as bridge
+    from bridges import chronos_t5 as bridge
     from jaxts.checkpoint import is_checkpoint_dir, load_model, save_model
     from jaxts.models.chronos_t5 import ChronosT5
 

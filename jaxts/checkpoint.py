@@ -14,23 +14,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jaxts.registry import FAMILIES, family, family_of
+
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 
 
-def _model_registry():
-    # Imported lazily so `import jaxts.checkpoint` stays cheap.
-    from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
-    from jaxts.models.timer_xl import TimerXL, TimerXLConfig
-
-    return {"timer_xl": (TimerXL, TimerXLConfig), "chronos_t5": (ChronosT5, ChronosT5Config)}
-
-
 def model_name(model) -> str:
-    for name, (cls, _) in _model_registry().items():
-        if type(model) is cls:
-            return name
-    raise TypeError(f"no checkpoint format registered for {type(model).__name__}")
+    """The registered family name of ``model`` (what ``config.json`` records as ``"model"``)."""
+    return family_of(model).name
 
 
 def save_model(model, directory, extra: dict | None = None) -> Path:
@@ -72,18 +64,16 @@ def read_config(directory):
         raise FileNotFoundError(f"{path} not found: not a jaxts model checkpoint directory")
     meta = json.loads(path.read_text())
     name = meta.get("model")
-    registry = _model_registry()
-    if name not in registry:
-        raise ValueError(f"{path}: unknown model {name!r}; known: {sorted(registry)}")
-    _, cfg_cls = registry[name]
-    return name, cfg_cls.from_dict(meta["config"]), meta
+    if name not in FAMILIES:
+        raise ValueError(f"{path}: unknown model {name!r}; known: {sorted(FAMILIES)}")
+    return name, family(name).config_class().from_dict(meta["config"]), meta
 
 
 def load_model(directory, *, rngs: nnx.Rngs | None = None, expect: type | None = None):
     """Rebuild the model saved by :func:`save_model`; ``expect``: the class it must be."""
     directory = Path(directory).absolute()
     name, cfg, _ = read_config(directory)
-    cls, _ = _model_registry()[name]
+    cls = family(name).model_class()
     if expect is not None and cls is not expect:
         raise ValueError(f"{directory} holds a {cls.__name__}, not a {expect.__name__}")
     model = cls(cfg, rngs=rngs or nnx.Rngs(0))

@@ -13,12 +13,12 @@ from flax import nnx
 from safetensors.torch import load_file, save_file
 from transformers import T5ForConditionalGeneration
 
-from bridges import chronos as bridge
+from bridges import chronos_t5 as bridge
 from bridges._mapping import CheckpointKeyError
 from bridges.convert import main as convert_main
+from bridges.reference.chronos_t5_hf import chronos_config, tiny_hf_chronos
 from jaxts.checkpoint import load_model
 from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline
-from tests.reference.chronos_config import chronos_config, tiny_hf_chronos
 
 CHRONOS = chronos_config(context_length=64, prediction_length=16)
 # transformers bookkeeping that legitimately differs between two saves of one model

@@ -13,9 +13,9 @@ from chronos.utils import left_pad_and_stack_1D
 from scipy.stats import ks_2samp
 
 import jaxts.pipelines.chronos_t5 as pipeline_module
+from bridges.reference.chronos_t5_hf import chronos_config, tiny_hf_chronos
 from jaxts.checkpoint import save_model
 from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline, prepare_context
-from tests.reference.chronos_config import chronos_config, tiny_hf_chronos
 
 CONTEXT_LENGTH = 128  # two length buckets (64, 128), so left padding is exercised
 PREDICTION_LENGTH = 8

@@ -11,13 +11,13 @@ chronos = pytest.importorskip("chronos")
 from chronos.chronos import ChronosConfig as RefConfig  # noqa: E402
 from chronos.chronos import MeanScaleUniformBins as RefTokenizer  # noqa: E402
 
+from bridges.reference.chronos_t5_hf import chronos_config  # noqa: E402
 from jaxts.models.chronos_tokenizer import (  # noqa: E402
     ChronosConfig,
     MeanScaleUniformBins,
     torch_linspace_f32,
     torch_nansum_f32,
 )
-from tests.reference.chronos_config import chronos_config  # noqa: E402
 
 BASE = chronos_config()
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,9 +15,9 @@ from flax import nnx
 
 from jaxts.data import DataError, load_m4_hourly, m4_hourly_paths
 from jaxts.data._paths import VENDOR_DIR
+from tests.helpers import REPO, run_on_devices
 from train.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "chronos_t5_smoke.yaml"
 M4_SHA256 = {
     "M4-Hourly-train.csv.gz": "64cb7b822e0faacc3d41c441254879dc88e7ee18414a0a78264cfd622664692f",
@@ -248,7 +245,8 @@ _DP_SCRIPT = textwrap.dedent(
     from flax import nnx
     from jaxts.checkpoint import load_model
     from train.chronos import run
-    from train.config import load_config
+    from tests.helpers import REPO, run_on_devices
+from train.config import load_config
     assert jax.device_count() == 4
     params = {{}}
     for n in (1, 4):
@@ -264,16 +262,7 @@ _DP_SCRIPT = textwrap.dedent(
 
 
 def test_data_parallel_matches_single_device(tmp_path):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    code = _DP_SCRIPT.format(smoke=str(SMOKE), out=str(tmp_path))
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "MAXDIFF" in proc.stdout
+    run_on_devices(_DP_SCRIPT.format(smoke=str(SMOKE), out=str(tmp_path)), "MAXDIFF")
 
 
 # ---- evaluation ------------------------------------------------------------------------------

@@ -5,11 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,12 +15,11 @@ from flax import nnx
 
 from jaxts.checkpoint import load_model, save_model
 from jaxts.models.timer_xl import TimerXL, TimerXLConfig
-from tests.test_train import TINY_MODEL, _csv
+from tests.helpers import REPO, TINY_MODEL, run_on_devices, write_csv
 from train import distill as D
 from train.config import ConfigError, config_from_dict
 from train.trainer import _keys_to_data, masked_gaussian_nll
 
-REPO = Path(__file__).resolve().parents[1]
 SCALES = dict(scale_d_model=0.5, scale_n_heads=0.5, scale_d_ff=0.5, scale_e_layers=0.5)
 
 
@@ -32,7 +27,7 @@ SCALES = dict(scale_d_model=0.5, scale_n_heads=0.5, scale_d_ff=0.5, scale_e_laye
 def assets(tmp_path_factory):
     """A toy CSV and a (randomly initialised) tiny teacher checkpoint."""
     root = tmp_path_factory.mktemp("distill")
-    csv = _csv(root / "toy.csv", n=600)  # 70/10/20: 420 train rows, 357 train windows
+    csv = write_csv(root / "toy.csv", n=600)  # 70/10/20: 420 train rows, 357 train windows
     teacher = TimerXL(TimerXLConfig(**TINY_MODEL), rngs=nnx.Rngs(params=5, dropout=6))
     save_model(teacher, root / "teacher")
     return root, csv, root / "teacher"
@@ -344,7 +339,8 @@ _DP_SCRIPT = textwrap.dedent(
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, {repo!r})
-    from train import distill as D
+    from tests.helpers import REPO, TINY_MODEL, run_on_devices, write_csv
+from train import distill as D
     from train.config import config_from_dict
     assert jax.device_count() == 4, jax.devices()
     raw = json.loads({raw!r})
@@ -369,14 +365,5 @@ _DP_SCRIPT = textwrap.dedent(
 
 
 def test_data_parallel_matches_single_device(assets, tmp_path):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     raw = json.dumps(_raw(assets, tmp_path / "dp"))  # teacher noise + draft dropout
-    code = _DP_SCRIPT.format(repo=str(REPO), raw=raw)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "LOSSES" in proc.stdout
+    run_on_devices(_DP_SCRIPT.format(repo=str(REPO), raw=raw), "LOSSES")

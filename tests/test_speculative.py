@@ -9,7 +9,7 @@ from scipy import stats
 
 from jaxts.models.timer_xl import TimerXL, TimerXLConfig, draft_config, rolling_forecast
 from jaxts.speculative import generate, sample_target
-from tests.test_timer_xl_parity import series
+from tests.helpers import series
 
 TARGET = TimerXLConfig(
     input_token_len=8, output_token_len=8, d_model=32, n_heads=4, d_ff=64, e_layers=2, use_norm=True

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.reference import timer_xl_draft_torch as dref
-from tests.reference import timer_xl_torch as tref
-from tests.reference.stride_speculative_torch import (
+from bridges.reference import timer_xl_draft_torch as dref
+from bridges.reference import timer_xl_torch as tref
+from bridges.reference.stride_speculative_torch import (
     SpeculativeDecoder,
     randn_like,
     target_only_rolling,

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from bridges._mapping import CheckpointKeyError
+from bridges.reference import timer_xl_torch as ref
 from bridges.timer_xl import from_openltm, infer_config, load_state_dict, to_openltm
 from jaxts.checkpoint import load_model
 from jaxts.models.timer_xl import TimerXLConfig
-from tests.reference import timer_xl_torch as ref
-from tests.test_timer_xl_parity import series, torch_model
+from tests.helpers import series, torch_model
 
 CFG = TimerXLConfig(
     input_token_len=8,

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from bridges._mapping import CheckpointKeyError
+from bridges.reference import timer_xl_draft_torch as dref
 from bridges.timer_xl import from_openltm, to_openltm
 from jaxts.checkpoint import load_model, save_model
 from jaxts.models.timer_xl import TimerXLConfig, draft_config, rolling_forecast
-from tests.reference import timer_xl_draft_torch as dref
-from tests.test_timer_xl_parity import ETTH1_CONFIG, MODEL_TOL, randomize_, series
+from tests.helpers import MODEL_TOL, etth1_config, randomize_, series
 
 SCALES = ("draft_scale_d_model", "draft_scale_n_heads", "draft_scale_d_ff", "draft_scale_e_layers")
 
@@ -37,7 +37,7 @@ def torch_draft(target, scales, stochastic, seed=0):
 @pytest.mark.parametrize(
     "target",
     [
-        ETTH1_CONFIG,
+        etth1_config(),
         TimerXLConfig(d_model=512, n_heads=8, d_ff=2048, e_layers=4),
         TimerXLConfig(d_model=96, n_heads=3, d_ff=100, e_layers=3),
         TimerXLConfig(d_model=64, n_heads=1, d_ff=64, e_layers=2),
@@ -62,11 +62,11 @@ def test_draft_config_matches_stride_rule(target, scales):
 
 
 def test_draft_config_paper_size():
-    cfg = draft_config(ETTH1_CONFIG, 0.25, 0.25, 0.25, 0.25, stochastic=True)
+    cfg = draft_config(etth1_config(), 0.25, 0.25, 0.25, 0.25, stochastic=True)
     assert (cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.e_layers) == (256, 2, 512, 1)
-    assert cfg.stochastic and cfg.input_token_len == ETTH1_CONFIG.input_token_len
+    assert cfg.stochastic and cfg.input_token_len == etth1_config().input_token_len
     with pytest.raises(ValueError, match="scale_d_ff"):
-        draft_config(ETTH1_CONFIG, 0.25, 0.25, 0.0, 0.25)
+        draft_config(etth1_config(), 0.25, 0.25, 0.0, 0.25)
 
 
 SMALL = TimerXLConfig(

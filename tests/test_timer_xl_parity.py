@@ -1,7 +1,5 @@
 """Timer-XL: Flax vs the PyTorch reference of OpenLTM, layer by layer then whole model."""
 
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,35 +7,14 @@ import pytest
 import torch
 from flax import nnx
 
+from bridges.reference import timer_xl_torch as ref
 from bridges.timer_xl import from_openltm, to_openltm
 from jaxts.layers import masks, rope
 from jaxts.models.timer_xl import TimerXLConfig, rolling_forecast
-from tests.reference import timer_xl_torch as ref
-from train.config import load_config, model_config
+from tests.helpers import LAYER_TOL, MODEL_TOL, etth1_config, series, torch_model
 
-LAYER_TOL = 1e-5
 # small config shared by the tests below
 BASE = dict(input_token_len=8, output_token_len=8, d_model=32, n_heads=4, d_ff=64)
-MODEL_TOL = 1e-4
-ETTH1_CONFIG = model_config(load_config(Path(__file__).parents[1] / "configs/timer_xl_etth1.yaml"))
-
-
-def torch_model(cfg: TimerXLConfig, seed: int = 0) -> ref.Model:
-    """Reference model with every parameter random (LayerNorm and bias too, so all paths count)."""
-    torch.manual_seed(seed)
-    return randomize_(ref.Model(cfg).eval())
-
-
-def randomize_(model):
-    """LayerNorm scales/biases and the attention-bias table random too (torch inits them to
-    constants), so every path of the parity tests counts. Uses torch's global generator."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            elif "norm" in name or "emb" in name:
-                p.copy_(0.5 * torch.randn_like(p))
-    return model
 
 
 def pair(cfg: TimerXLConfig, seed: int = 0):
@@ -45,15 +22,6 @@ def pair(cfg: TimerXLConfig, seed: int = 0):
     jm = from_openltm(tm.state_dict(), cfg)
     jm.eval()
     return tm, jm
-
-
-def series(b, length, c, seed=0):
-    rng = np.random.default_rng(seed)
-    t = np.arange(length)[None, :, None]
-    x = np.sin(t / 5.0 + rng.uniform(0, 6, (b, 1, c))) * rng.uniform(0.5, 3, (b, 1, c))
-    return (x + rng.normal(0, 0.3, (b, length, c)) + rng.uniform(-5, 5, (b, 1, c))).astype(
-        np.float32
-    )
 
 
 # ------------------------------------------------------------------ layers
@@ -170,7 +138,7 @@ def test_forward_and_rolling_match_reference(name):
 
 def test_etth1_sized_model_matches_reference():
     """OpenLTM's ETTh1 config (d_model 1024, 8 heads, d_ff 2048, 672 = 7 x 96, C = 7)."""
-    cfg = ETTH1_CONFIG
+    cfg = etth1_config()
     tm, jm = pair(cfg, seed=7)
     x = series(2, 672, 7, seed=2)
     with torch.no_grad():

@@ -4,42 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+from tests.helpers import REPO, TINY_MODEL, run_on_devices, synthetic_rows, write_csv
 from train.config import ConfigError, config_from_dict, load_config
 from train.trainer import Trainer, TrainerConfig, learning_rate_at, masked_mse
-
-REPO = Path(__file__).resolve().parents[1]
-
-TINY_MODEL = dict(
-    input_token_len=16, output_token_len=16, d_model=16, n_heads=2, e_layers=1, d_ff=32,
-    dropout=0.1, use_norm=True,
-)  # fmt: skip
-
-
-def _synthetic_rows(n: int, c: int = 3, seed: int = 0) -> np.ndarray:
-    """[n, c] float32: a few noisy sines (learnable, so losses move)."""
-    t = np.arange(n)[:, None]
-    rng = np.random.default_rng(seed)
-    x = np.sin(2 * np.pi * t / (24 + 5 * np.arange(c))) + 0.1 * rng.standard_normal((n, c))
-    return x.astype(np.float32)
-
-
-def _csv(path: Path, n: int = 800) -> Path:
-    rows = _synthetic_rows(n)
-    dates = np.datetime64("2020-01-01T00") + np.arange(n).astype("timedelta64[h]")
-    lines = ["date,a,b,c"] + [f"{d},{r[0]},{r[1]},{r[2]}" for d, r in zip(dates, rows, strict=True)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _model(seed: int = 0):
@@ -57,7 +31,7 @@ def _loss(model, batch, mask):
 def _windows(n_rows: int):
     from jaxts.data import NextPatchWindows
 
-    return NextPatchWindows(_synthetic_rows(n_rows), 48, 16, 16)
+    return NextPatchWindows(synthetic_rows(n_rows), 48, 16, 16)
 
 
 # ---- config ----------------------------------------------------------------------------------
@@ -163,7 +137,7 @@ def test_short_run_end_to_end(tmp_path):
     from jaxts.checkpoint import load_model
     from train.target import main
 
-    csv = _csv(tmp_path / "toy.csv")
+    csv = write_csv(tmp_path / "toy.csv")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         json.dumps(
@@ -319,13 +293,4 @@ _DP_SCRIPT = textwrap.dedent(
 
 
 def test_data_parallel_matches_single_device(tmp_path):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    code = _DP_SCRIPT.format(tests=str(REPO / "tests"), out=str(tmp_path / "dp"))
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "LOSSES" in proc.stdout
+    run_on_devices(_DP_SCRIPT.format(tests=str(REPO / "tests"), out=str(tmp_path / "dp")), "LOSSES")

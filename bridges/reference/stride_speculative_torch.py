@@ -65,7 +65,7 @@ from types import SimpleNamespace
 
 import torch
 
-from tests.reference.timer_xl_torch import rolling_forecast
+from bridges.reference.timer_xl_torch import rolling_forecast
 
 
 def _sync():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tests.reference.timer_xl_torch import timer_blocks
+from bridges.reference.timer_xl_torch import timer_blocks
 
 
 def draft_sizes(configs) -> tuple[int, int, int, int]:
