@@ -6,7 +6,10 @@ state (optimizer, step, rng) is checkpointed separately by the trainer's Checkpo
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -18,6 +21,42 @@ from jaxts.registry import FAMILIES, family, family_of
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where
+    the platform or file system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def atomic_replace_dir(new, dst) -> None:
+    """Make directory ``new`` become ``dst`` so that ``dst`` is at every instant either the
+    complete old directory or the complete new one (a kill in between never leaves no model).
+
+    On Linux the two are exchanged with one ``renameat2`` call and the old content is removed
+    afterwards; elsewhere ``dst`` is first renamed aside to ``dst.old`` (then a reader finds
+    ``dst.old`` if killed in that instant) and removed once ``new`` is in place."""
+    new, dst = Path(new).absolute(), Path(dst).absolute()
+    if not dst.exists():
+        new.rename(dst)
+        return
+    if _exchange(new, dst):
+        shutil.rmtree(new)  # now holds the old content
+        return
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    dst.rename(old)
+    new.rename(dst)
+    shutil.rmtree(old)
 
 
 def model_name(model) -> str:
