@@ -49,7 +49,6 @@ def _timer_xl(args) -> None:
 def _chronos(args) -> None:
     from bridges import chronos_t5 as bridge
     from jaxts.checkpoint import is_checkpoint_dir, load_model, save_model
-    from jaxts.models.chronos_t5 import ChronosT5
 
     timer_only = {
         "--config": args.config,
@@ -62,7 +61,7 @@ def _chronos(args) -> None:
         raise ValueError(f"{given} apply to timer_xl only; chronos reads config.json")
     src, dst = Path(args.src).expanduser(), Path(args.dst)
     if is_checkpoint_dir(src):
-        model = load_model(src, expect=ChronosT5)
+        model = load_model(src, family="chronos_t5")
         bridge.save_hf(model, dst)
         print(f"wrote HF Chronos-T5 directory {dst} ({model.config.t5})")
         return

@@ -17,7 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxts.registry import FAMILIES, family, family_of
+from jaxts.registry import FAMILIES, family_of
+from jaxts.registry import family as get_family
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -105,16 +106,17 @@ def read_config(directory):
     name = meta.get("model")
     if name not in FAMILIES:
         raise ValueError(f"{path}: unknown model {name!r}; known: {sorted(FAMILIES)}")
-    return name, family(name).config_class().from_dict(meta["config"]), meta
+    return name, get_family(name).config_class().from_dict(meta["config"]), meta
 
 
-def load_model(directory, *, rngs: nnx.Rngs | None = None, expect: type | None = None):
-    """Rebuild the model saved by :func:`save_model`; ``expect``: the class it must be."""
+def load_model(directory, *, family: str | None = None, rngs: nnx.Rngs | None = None):
+    """Rebuild the model saved by :func:`save_model`, in eval mode; ``family``: the registered
+    family it must hold (e.g. ``"timer_xl"``), else a ValueError saying what was found."""
     directory = Path(directory).absolute()
     name, cfg, _ = read_config(directory)
-    cls = family(name).model_class()
-    if expect is not None and cls is not expect:
-        raise ValueError(f"{directory} holds a {cls.__name__}, not a {expect.__name__}")
+    if family is not None and name != family:
+        raise ValueError(f"{directory} holds a {name} checkpoint; expected {family}")
+    cls = get_family(name).model_class()
     model = cls(cfg, rngs=rngs or nnx.Rngs(0))
     state = nnx.state(model, nnx.Param)
     target = jax.tree.map(np.asarray, nnx.to_pure_dict(state))
@@ -122,4 +124,5 @@ def load_model(directory, *, rngs: nnx.Rngs | None = None, expect: type | None =
         restored = ckptr.restore(directory / PARAMS_DIR, target)
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
+    model.eval()
     return model

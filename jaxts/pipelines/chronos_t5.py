@@ -102,7 +102,7 @@ class ChronosT5Pipeline:
 
         path = Path(path_or_repo_id).expanduser()
         if is_checkpoint_dir(path):
-            return cls(load_model(path, expect=ChronosT5))
+            return cls(load_model(path, family="chronos_t5"))
         from bridges.chronos_t5 import from_hf
 
         return cls(from_hf(path_or_repo_id))
