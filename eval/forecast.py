@@ -3,12 +3,13 @@
 ``python -m eval.forecast --ckpt runs/timer_xl_etth1/best`` evaluates an exported model on the
 test split at horizons 96/192/336/720: every stride-1 test window is forecast by
 :func:`jaxts.models.timer_xl.rolling_forecast`, and MSE / MAE are taken over all windows x H x C
-in the scaled space (the benchmark convention). Writes ``metrics_test.json`` and a plot.
+in the scaled space (the benchmark convention). Writes ``metrics_test.json`` and
+``forecast_test.png`` (next to the checkpoint unless ``--out``; existing ones only with
+``--force``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -19,9 +20,33 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["evaluate_rolling", "format_table", "main", "plot_forecasts"]
+__all__ = [
+    "NonFiniteForecast",
+    "evaluate_rolling",
+    "format_table",
+    "main",
+    "plot_forecasts",
+    "require_finite",
+]
 
 DEFAULT_HORIZONS = (96, 192, 336, 720)
+OUTPUTS = ("metrics_test.json", "forecast_test.png")
+
+
+class NonFiniteForecast(ValueError):
+    """NaN or inf in a model's forecasts (damaged or diverged weights), which would turn every
+    metric into nan; ``role`` says which model, for callers that name its checkpoint."""
+
+    def __init__(self, what: str, role: str = "model"):
+        super().__init__(
+            f"{what} forecasts are not finite (NaN or inf): damaged or diverged weights"
+        )
+        self.role = role
+
+
+def require_finite(pred, what: str, role: str = "model") -> None:
+    if not np.isfinite(pred).all():
+        raise NonFiniteForecast(what, role)
 
 
 def evaluate_rolling(
@@ -65,6 +90,7 @@ def evaluate_rolling(
             b = min(batch_size, w - start)
             pred = rolling_forecast(model, xb, h)  # [bs, H, C]
             pred = np.asarray(pred, dtype=np.float64)[:b]
+            require_finite(pred, f"horizon {h}")
             err = pred - y[start : start + b].astype(np.float64)
             sq += float(np.sum(err * err))
             ab += float(np.sum(np.abs(err)))
@@ -138,51 +164,47 @@ def _run_config_defaults(ckpt: Path) -> dict[str, Any]:
     return {k: data[k] for k in ("dataset", "seq_len", "data_dir") if data.get(k) is not None}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m eval.forecast", description="Rolling test-set evaluation of a checkpoint."
-    )
-    parser.add_argument("--ckpt", required=True, help="model directory (jaxts.checkpoint format)")
-    parser.add_argument("--data-dir", default=None, help="folder with the dataset CSVs")
-    parser.add_argument("--horizons", default="96,192,336,720", help="comma-separated")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        help="name or CSV path (default: ETTh1, or "
-        "the training run's dataset when the checkpoint has one)",
-    )
-    parser.add_argument(
-        "--seq-len",
-        type=int,
-        default=None,
-        help="context length (default 672, or the training run's)",
-    )
-    parser.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
-    parser.add_argument("--no-plot", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+def parser():
+    from eval.cli import parser as make_parser
 
+    p = make_parser("python -m eval.forecast", "Rolling test-set evaluation of a checkpoint.")
+    p.add_argument("--ckpt", required=True, help="model directory (jaxts.checkpoint format)")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset CSVs")
+    p.add_argument("--horizons", default="96,192,336,720", help="comma-separated")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per forecast call")
+    p.add_argument("--dataset", default=None,
+                   help="name or CSV path (default: the training run's, else ETTh1)")  # fmt: skip
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="context length (default: the training run's, else 672)")  # fmt: skip
+    p.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
+    p.add_argument("--force", action="store_true", help="overwrite earlier results in --out")
+    p.add_argument("--no-plot", action="store_true", help=f"do not write {OUTPUTS[1]}")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jaxts._cli import exit_code
+
+    args = parser().parse_args(argv)
+    return exit_code(lambda: _main(args))
+
+
+def _main(args) -> None:
+    from eval.cli import check_output_dir, int_list
     from jaxts.checkpoint import load_model
-    from jaxts.data import DataError
 
     ckpt = Path(args.ckpt)
-    if not (ckpt / "config.json").is_file():
-        parser.error(f"{ckpt} is not a model checkpoint (no config.json)")
-    try:
-        horizons = [int(h) for h in args.horizons.split(",") if h.strip()]
-    except ValueError:
-        parser.error(f"--horizons must be comma-separated integers, got {args.horizons!r}")
-    if not horizons or min(horizons) <= 0:
-        parser.error("--horizons must be positive")
+    horizons = int_list(args.horizons, "--horizons")
+    out = Path(args.out) if args.out else ckpt
+    written = OUTPUTS[:1] if args.no_plot else OUTPUTS
+    check_output_dir(out, args.force, files=written)
+    model = load_model(ckpt, family="timer_xl")
     run = _run_config_defaults(ckpt)
     dataset = args.dataset or run.get("dataset", "ETTh1")
     seq_len = args.seq_len or int(run.get("seq_len", 672))
     data_dir = args.data_dir or run.get("data_dir")
-    out = Path(args.out) if args.out else ckpt
     out.mkdir(parents=True, exist_ok=True)
-
-    model = load_model(ckpt)
     try:
         results = evaluate_rolling(
             model,
@@ -191,18 +213,16 @@ def main(argv: list[str] | None = None) -> int:
             horizons,
             args.batch_size,
             data_dir,
-            plot_path=None if args.no_plot else out / "forecast_test.png",
+            plot_path=None if args.no_plot else out / OUTPUTS[1],
             progress=not args.no_progress,
         )
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except NonFiniteForecast as e:
+        raise ValueError(f"{ckpt}: {e}") from None
     print(f"{dataset} test, seq_len {seq_len}, rolling forecast")
     print(format_table(results))
-    with open(out / "metrics_test.json", "w") as f:
+    with open(out / OUTPUTS[0], "w") as f:
         json.dump(results, f, indent=2)
-    print(f"wrote {out / 'metrics_test.json'}")
-    return 0
+    print(f"wrote {out / OUTPUTS[0]}")
 
 
 if __name__ == "__main__":

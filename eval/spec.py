@@ -2,22 +2,22 @@
 
 ``python -m eval.spec`` (no arguments) is the README's main job: ETTh1, horizon 720, the CPU-sized
 target (``runs/timer_xl_etth1_cpu/best``) and its distilled 0.25x stochastic draft
-(``runs/distill_etth1_cpu/best``), each trained first with ``train.target`` / ``train.distill`` if
-missing, then every rule at k = 1..4. For each setting it reports MSE/MAE against the truth, the
-change against target-only rolling (and target-only sampling at the same sigma), acceptance,
-target and draft calls, seconds per batch (median; compile time apart) and the speed-up.
+(``runs/distill_etth1_cpu/best``), every rule at k = 1..4. ``make demo`` trains the two models
+first where missing; run alone, this command names the commands that make a missing one. For
+each setting it reports MSE/MAE against the truth, the change against target-only rolling (and
+target-only sampling at the same sigma), acceptance, target and draft calls, seconds per batch
+(median; compile time apart) and the speed-up.
 
-    python -m eval.spec --rules exact --k 3 --sigma 0.25
-    python -m eval.spec --sweep k=1,2,3,4 sigma=0.1,0.25 rule=stride accept_bias=1,2
-    python -m eval.spec --debug-csv runs/spec_etth1/accept.csv
+    python -m eval.spec --rules exact --k 3 --sigma 0.25 --out runs/spec_exact
+    python -m eval.spec --sweep k=1,2,3,4 sigma=0.1,0.25 rule=stride accept_bias=1,2 --out DIR
+    python -m eval.spec --out runs/spec_debug --debug-csv runs/spec_debug/accept.csv
 
 Writes ``OUT/spec_results.json``, ``OUT/spec_sweep.csv`` and ``OUT/spec_sweep.png`` (speed-up
-against MSE change).
+against MSE change); an ``OUT`` that already holds files is only written with ``--force``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import itertools
@@ -36,8 +36,8 @@ __all__ = ["Setting", "evaluate", "main", "parse_sweep"]
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARGET = "runs/timer_xl_etth1_cpu/best"
 DEFAULT_DRAFT = "runs/distill_etth1_cpu/best"
-TARGET_CONFIG = ROOT / "configs/timer_xl_etth1_cpu.yaml"
-DISTILL_CONFIG = ROOT / "configs/distill_etth1_cpu.yaml"
+TARGET_CONFIG = "configs/timer_xl_etth1_cpu.yaml"
+DISTILL_CONFIG = "configs/distill_etth1_cpu.yaml"
 DEFAULT_SWEEP = ["rule=exact,stride,tolerance", "k=1,2,3,4"]
 SWEEP_AXES = {"rule": str, "k": int, "sigma": float, "accept_bias": float, "tol": float}
 
@@ -87,34 +87,36 @@ def parse_sweep(items: list[str], base: Setting) -> list[Setting]:
 
 # ---------------------------------------------------------------- checkpoints
 
+# How the default checkpoints are made; the Makefile's `demo` recipe runs the same commands
+# (eval/ never trains: that would make the evaluation layer depend on the training one).
+RECIPES = {
+    "target": f"python -m train.target --config {TARGET_CONFIG}",
+    "draft": f"python -m train.distill --config {DISTILL_CONFIG} --teacher {{target}}",
+}
 
-def ensure_checkpoints(target_dir: Path, draft_dir: Path, data_dir, train: bool) -> dict:
-    """Train the CPU-sized target, then distil its draft, where their default checkpoints are
-    missing (a missing non-default checkpoint is an error). Returns seconds spent per model."""
-    import importlib
-    from types import SimpleNamespace
 
-    from train.config import load_config
-    from train.target import with_cli_paths
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (as the recipes are run)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
-    made = {}
-    jobs = (
-        ("target", target_dir, DEFAULT_TARGET, TARGET_CONFIG, "train.target", []),
-        ("draft", draft_dir, DEFAULT_DRAFT, DISTILL_CONFIG, "train.distill",
-         [f"distill.teacher={target_dir}"]),
-    )  # fmt: skip
-    for what, directory, default, config, module, overrides in jobs:
-        if (directory / "config.json").is_file():
-            continue
-        if not train or str(directory) != str(ROOT / default):
-            raise FileNotFoundError(f"{what} checkpoint {directory} not found")
-        print(f"no {what} at {directory}: training it (python -m {module}, ~2 min)", flush=True)
-        paths = SimpleNamespace(data_dir=data_dir, out=str(directory.parent))
-        cfg = with_cli_paths(load_config(config, overrides), paths)
-        t0 = time.perf_counter()
-        importlib.import_module(module).run(cfg)
-        made[f"{what}_train_s"] = time.perf_counter() - t0
-    return made
+
+def check_checkpoints(target_dir: Path, draft_dir: Path) -> None:
+    """A FileNotFoundError naming every missing checkpoint and, for the default ones, the
+    commands that make them."""
+    dirs = {"target": target_dir, "draft": draft_dir}
+    missing = [role for role, d in dirs.items() if not (d / "config.json").is_file()]
+    if not missing:
+        return
+    where = " and ".join(f"no {role} checkpoint at {_shown(dirs[role])}" for role in missing)
+    defaults = {"target": DEFAULT_TARGET, "draft": DEFAULT_DRAFT}
+    if any(dirs[r].resolve() != (ROOT / defaults[r]).resolve() for r in missing):
+        raise FileNotFoundError(f"{where} (no config.json found)")
+    cmds = " then ".join(f"`{RECIPES[r].format(target=_shown(target_dir))}`" for r in missing)
+    raise FileNotFoundError(f"{where}; make {'them' if len(missing) > 1 else 'it'} with "
+                            f"`make demo`, or from {ROOT}: {cmds}")  # fmt: skip
 
 
 # ---------------------------------------------------------------- evaluation
@@ -144,6 +146,7 @@ def evaluate(
     ``baseline`` and ``settings`` (one record each)."""
     import jax
 
+    from eval.forecast import require_finite
     from jaxts.data import pad_batch
     from jaxts.models.timer_xl import rolling_forecast
     from jaxts.speculative import generate, sample_target
@@ -156,13 +159,14 @@ def evaluate(
     bar = tqdm(total=total, desc="eval.spec", disable=not progress, dynamic_ncols=True)
     steps = math.ceil(h / target.config.output_token_len)
 
-    def run(fn):
+    def run(fn, what, role="target"):
         """Apply ``fn(batch_index, xb)`` to all batches: predictions [W, H, C], seconds per
         batch after the first (compile) call, first-call seconds, per-batch extras."""
         preds, secs, extras = [], [], []
         for i, ((s, e), xb) in enumerate(zip(batches, padded, strict=True)):
             (pred, extra), dt = _timed(lambda: fn(i, xb))  # noqa: B023 (called at once)
             preds.append(np.asarray(pred)[: e - s])
+            require_finite(preds[-1], what, role)
             secs.append(dt)
             extras.append(extra)
             bar.update(1)
@@ -180,7 +184,9 @@ def evaluate(
         }
 
     # warm-up call outside the timings would hide compile time; the first batch is the compile
-    base, secs, _ = run(lambda i, xb: (np.asarray(rolling_forecast(target, xb, h)), None))
+    base, secs, _ = run(
+        lambda i, xb: (np.asarray(rolling_forecast(target, xb, h)), None), "target-only rolling"
+    )
     mse, mae = scores(base)
     baseline = {
         "rolling": {"mse": mse, "mae": mae, "target_calls_per_batch": steps, **timing(secs)}
@@ -191,7 +197,7 @@ def evaluate(
             key = jax.random.fold_in(jax.random.key(seed + 1), i)
             return sample_target(target, xb, h, sigma=sig, key=key), None
 
-        pred, secs, _ = run(samp)
+        pred, secs, _ = run(samp, f"target-only sampling (sigma {sig:g})")
         mse_s, mae_s = scores(pred)
         baseline[f"sampling_sigma={sig:g}"] = {"mse": mse_s, "mae": mae_s, **timing(secs)}
 
@@ -207,7 +213,8 @@ def evaluate(
             )  # fmt: skip
             return r.forecast, r
 
-        pred, secs, results = run(spec)
+        # the target's own forecasts were finite by now: the draft made these non-finite
+        pred, secs, results = run(spec, f"speculative ({st.label()})", "draft")
         mse_p, mae_p = scores(pred)
         n = [e - s for s, e in batches]
         acc = np.concatenate([r.accepted[:m] for r, m in zip(results, n, strict=True)])
@@ -312,62 +319,76 @@ def plot_sweep(records: list[dict], path: Path, title: str) -> None:
 # ---------------------------------------------------------------- CLI
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m eval.spec",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--target", default=DEFAULT_TARGET, help="jaxts target checkpoint dir")
-    p.add_argument("--draft", default=DEFAULT_DRAFT, help="jaxts draft checkpoint dir")
+def parser():
+    from eval.cli import parser as make_parser
+
+    p = make_parser("python -m eval.spec", __doc__)
     p.add_argument(
-        "--no-train", action="store_true", help="fail instead of training missing defaults"
+        "--target",
+        default=DEFAULT_TARGET,
+        help="jaxts target checkpoint dir (a relative one: from the repository)",
     )
-    p.add_argument("--dataset", default="ETTh1")
+    p.add_argument(
+        "--draft",
+        default=DEFAULT_DRAFT,
+        help="jaxts draft checkpoint dir (a relative one: from the repository)",
+    )
+    p.add_argument("--dataset", default="ETTh1", help="name or CSV path")
     p.add_argument("--data-dir", default=None, help="folder with the dataset CSVs")
-    p.add_argument("--seq-len", type=int, default=672)
-    p.add_argument("--pred-len", type=int, default=720)
+    p.add_argument("--seq-len", type=int, default=672, help="context length")
+    p.add_argument("--pred-len", type=int, default=720, help="horizon")
     p.add_argument("--rules", default=None, help="comma-separated rules (default: all three)")
-    p.add_argument("--k", default=None, help="draft patches per round, comma list (default 3)")
-    p.add_argument("--sigma", type=float, default=0.25)
-    p.add_argument("--accept-bias", type=float, default=1.0)
-    p.add_argument("--tol", type=float, default=None, help="tolerance rule RMS (default 0.1)")
+    p.add_argument("--k", default=None, help="draft patches per round, comma list (default: 3)")
+    p.add_argument("--sigma", type=float, default=0.25, help="target sampling noise std")
+    p.add_argument("--accept-bias", type=float, default=1.0, help="STRIDE's spec_accept_bias")
+    p.add_argument("--tol", type=float, default=None, help="tolerance rule RMS (default: 0.1)")
     p.add_argument("--adaptive", action="store_true", help="STRIDE's adaptive k")
     p.add_argument("--sweep", nargs="+", default=None, metavar="NAME=v1,v2",
-                   help=f"cartesian sweep over {list(SWEEP_AXES)}")  # fmt: skip
+                   help=f"cartesian sweep over {list(SWEEP_AXES)} (default: {' '.join(DEFAULT_SWEEP)}"
+                   " unless --rules or --k)")  # fmt: skip
     p.add_argument("--window-stride", type=int, default=8, help="use every n-th test window")
-    p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--max-windows", type=int, default=None, help="at most this many (default: all)")
     p.add_argument("--batch-size", type=int, default=1, help="1: the latency setting")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/spec_etth1")
+    p.add_argument("--seed", type=int, default=0, help="JAX key of the sampling rules")
+    p.add_argument("--out", default="runs/spec_etth1", help="output folder")
+    p.add_argument("--force", action="store_true", help="overwrite earlier results in --out")
     p.add_argument("--debug-csv", default=None, help="write per-window acceptance here")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    # Neither rules, k nor a sweep given: the main job's sweep (every rule at k = 1..4).
-    plain = args.sweep is None and args.rules is None and args.k is None
-    try:
-        return _main(args, default_job=plain)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
 
 
-def _main(args, default_job: bool) -> int:
+def main(argv: list[str] | None = None) -> int:
+    from jaxts._cli import exit_code
+
+    args = parser().parse_args(argv)
+    return exit_code(lambda: _main(args))
+
+
+def _resolve(path: str) -> Path:
+    return Path(path) if Path(path).is_absolute() else ROOT / path
+
+
+def _main(args) -> None:
+    from eval.cli import check_output_dir, check_output_file
+    from eval.forecast import NonFiniteForecast
     from jaxts.checkpoint import load_model
     from jaxts.data import forecast_windows
 
     t_start = time.perf_counter()
     if args.window_stride < 1 or args.batch_size < 1:
         raise ValueError("--window-stride and --batch-size must be >= 1")
-    target_dir, draft_dir = (
-        Path(d) if Path(d).is_absolute() else ROOT / d for d in (args.target, args.draft)
-    )
-    trained = ensure_checkpoints(target_dir, draft_dir, args.data_dir, train=not args.no_train)
-    target, draft = load_model(target_dir), load_model(draft_dir)
+    out = check_output_dir(args.out, args.force)
+    if args.debug_csv:
+        check_output_file(args.debug_csv, args.force, flag="--debug-csv")
+    target_dir, draft_dir = _resolve(args.target), _resolve(args.draft)
+    check_checkpoints(target_dir, draft_dir)
+    target = load_model(target_dir, family="timer_xl")
+    draft = load_model(draft_dir, family="timer_xl")
     base = Setting(
         sigma=args.sigma, accept_bias=args.accept_bias, tol=args.tol, adaptive=args.adaptive
     )
-    if args.sweep is not None or default_job:
+    # Neither rules, k nor a sweep given: the main job's sweep (every rule at k = 1..4).
+    if args.sweep is not None or (args.rules is None and args.k is None):
         settings = parse_sweep(args.sweep or DEFAULT_SWEEP, base)
     else:
         rules = args.rules or "exact,stride,tolerance"
@@ -389,11 +410,13 @@ def _main(args, default_job: bool) -> int:
         flush=True,
     )
     debug_rows = [] if args.debug_csv else None
-    res = evaluate(
-        target, draft, x, y, settings, batch_size=args.batch_size, seed=args.seed,
-        progress=not args.no_progress, debug_rows=debug_rows, window_ids=ids,
-    )  # fmt: skip
-    out = Path(args.out)
+    try:
+        res = evaluate(
+            target, draft, x, y, settings, batch_size=args.batch_size, seed=args.seed,
+            progress=not args.no_progress, debug_rows=debug_rows, window_ids=ids,
+        )  # fmt: skip
+    except NonFiniteForecast as e:
+        raise ValueError(f"{target_dir if e.role == 'target' else draft_dir}: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     import jax
 
@@ -403,7 +426,7 @@ def _main(args, default_job: bool) -> int:
         "target": str(target_dir), "draft": str(draft_dir),
         "target_config": target.config.to_dict(), "draft_config": draft.config.to_dict(),
         "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "jax": jax.__version__, "trained_now": trained, "seed": args.seed,
+        "jax": jax.__version__, "seed": args.seed,
         "total_s": time.perf_counter() - t_start,
     }  # fmt: skip
     print(format_table(res))
@@ -427,7 +450,6 @@ def _main(args, default_job: bool) -> int:
     )
     print(f"wrote {out}/spec_results.json, spec_sweep.csv, spec_sweep.png "
           f"({time.perf_counter() - t_start:.0f}s total)")  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

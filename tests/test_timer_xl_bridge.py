@@ -65,7 +65,7 @@ def test_config_mismatch_is_reported_as_shape_errors():
 
 
 def test_unknown_config_keys_rejected():
-    with pytest.raises(ValueError, match="unknown TimerXLConfig keys"):
+    with pytest.raises(ValueError, match="TimerXLConfig: flash_attention: unknown key"):
         TimerXLConfig.from_dict({**CFG.to_dict(), "flash_attention": True})
 
 

@@ -11,19 +11,19 @@ temperature, top-k and top-p in HF's order.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxts.config import DictConfig
 from jaxts.models.chronos_tokenizer import ChronosConfig, MeanScaleUniformBins
 from jaxts.models.t5 import T5Config, T5EncoderDecoder
 from jaxts.sampling import categorical, top_k_filter, top_p_filter
 
 
 @dataclasses.dataclass(frozen=True)
-class ChronosT5Config:
+class ChronosT5Config(DictConfig):
     """The inner T5's config and the ``chronos_config`` block of ``config.json``."""
 
     t5: T5Config = dataclasses.field(default_factory=T5Config)
@@ -38,19 +38,6 @@ class ChronosT5Config:
             raise ValueError("chronos pad_token_id differs from the T5 pad_token_id")
         if self.chronos.eos_token_id != self.t5.eos_token_id:
             raise ValueError("chronos eos_token_id differs from the T5 eos_token_id")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ChronosT5Config:
-        unknown = sorted(set(d) - {"t5", "chronos"})
-        if unknown:
-            raise ValueError(f"unknown ChronosT5Config keys {unknown}; known: ['chronos', 't5']")
-        return cls(
-            t5=T5Config.from_dict(d.get("t5", {})),
-            chronos=ChronosConfig.from_dict(d.get("chronos", {})),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"t5": self.t5.to_dict(), "chronos": self.chronos.to_dict()}
 
 
 class ChronosT5(nnx.Module):
