@@ -13,10 +13,10 @@ the same machine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +28,8 @@ import torch
 
 from bench._timing import time_jax, time_torch
 from bridges.reference.chronos_t5_hf import chronos_config, tiny_hf_chronos
+from eval.cli import int_list, parser
+from jaxts._cli import exit_code
 
 SMALL = dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)
 CHRONOS = chronos_config()
@@ -127,19 +129,23 @@ def run(batches, repeats, samples=20, horizon=64, context=512):
     }
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bench.chronos", description=__doc__)
+def main(argv=None) -> int:
+    p = parser("python -m bench.chronos", __doc__)
     default = "1,8,32" if jax.default_backend() == "gpu" else "1,8"
-    p.add_argument("--batches", default=default)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default="bench/results/chronos.json")
+    p.add_argument("--batches", default=default, help="comma-separated batch sizes")
+    p.add_argument("--repeats", type=int, default=3, help="steady-state runs (median)")
+    p.add_argument("--out", default="bench/results/chronos.json", help="JSON report")
     args = p.parse_args(argv)
-    res = run([int(b) for b in args.batches.split(",")], args.repeats)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2))
-    print(f"wrote {out}")
+
+    def job():
+        res = run(int_list(args.batches, "--batches"), args.repeats)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+        print(f"wrote {out}")
+
+    return exit_code(job)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -35,7 +35,6 @@ Ratios: ``speed-up`` = the same framework's target-only rolling time / the case'
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -52,6 +51,8 @@ from flax import nnx
 
 from bench._timing import time_jax, time_torch
 from bridges.timer_xl import to_openltm
+from eval.cli import int_list, parser
+from jaxts._cli import exit_code
 from jaxts.checkpoint import load_model
 from jaxts.data import forecast_windows
 from jaxts.models.timer_xl import TimerXL, TimerXLConfig, draft_config, rolling_forecast
@@ -74,7 +75,7 @@ def load_or_init(path, fallback: TimerXLConfig, seed: int) -> tuple[TimerXL, dic
     """The checkpoint at ``path`` or, when that directory does not exist, a random-init model."""
     p = Path(path)
     if p.exists():  # a broken checkpoint is an error, not a silent fallback
-        model, info = load_model(p), {"source": str(p), "trained": True}
+        model, info = load_model(p, family="timer_xl"), {"source": str(p), "trained": True}
     else:
         model = TimerXL(fallback, rngs=nnx.Rngs(seed))
         info = {"source": f"random init (seed {seed}); {p} not found", "trained": False}
@@ -407,11 +408,7 @@ def write_csv(rows, path: Path):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="python -m bench.spec",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser("python -m bench.spec", __doc__)
     p.add_argument("--target", default=DEFAULT_TARGET, help="jaxts checkpoint dir of the target")
     p.add_argument("--draft", default=DEFAULT_DRAFT, help="jaxts checkpoint dir of the draft")
     p.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
@@ -428,22 +425,26 @@ def parse_args(argv=None):
         "--torch-threads",
         type=int,
         default=1,
-        help="torch intra-op threads (default 1; 0 keeps torch's default, one per core: on shared "
-        "cores its OpenMP pool stalls, ~200 ms instead of ~4 ms per small forward)",
+        help="torch intra-op threads (0 keeps torch's default, one per core: on shared cores its "
+        "OpenMP pool stalls, ~200 ms instead of ~4 ms per small forward)",
     )
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="bench/results/spec.json")
-    p.add_argument("--csv", default="bench/results/spec.csv", help="'' to skip the CSV")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset CSVs")
+    p.add_argument("--out", default="bench/results/spec.json", help="JSON report")
+    p.add_argument("--csv", default="bench/results/spec.csv", help="CSV of the rows ('': none)")
     a = p.parse_args(argv)
-    a.batches = [int(b) for b in a.batches.split(",")]
     a.argv = list(sys.argv[1:] if argv is None else argv)
-    if a.repeats < 1 or a.windows < 1 or min(a.batches) < 1 or a.torch_threads < 0:
-        p.error("--repeats, --windows and --batches must be positive, --torch-threads >= 0")
     return a
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     a = parse_args(argv)
+    return exit_code(lambda: _main(a))
+
+
+def _main(a) -> None:
+    a.batches = int_list(a.batches, "--batches")
+    if a.repeats < 1 or a.windows < 1 or a.torch_threads < 0:
+        raise ValueError("--repeats and --windows must be positive, --torch-threads >= 0")
     report = run(a)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -462,4 +463,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,30 +9,40 @@ apart from the steady-state median; the ratio is torch median / jax median (> 1:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import torch
+import yaml
 
 from bench._timing import time_jax, time_torch
 from bridges.reference import timer_xl_torch as ref
 from bridges.timer_xl import from_openltm
+from eval.cli import int_list, parser
+from jaxts._cli import exit_code
 from jaxts.data import forecast_windows
-from jaxts.models.timer_xl import rolling_forecast
-from train.config import load_config, model_config
+from jaxts.models.timer_xl import TimerXLConfig, rolling_forecast
 
-CFG = model_config(load_config(Path(__file__).parents[1] / "configs/timer_xl_etth1.yaml"))
+CONFIG = Path(__file__).parents[1] / "configs/timer_xl_etth1.yaml"
 
 
-def run(batches, repeats, pred_len=720):
+def etth1_config() -> TimerXLConfig:
+    """The ``model`` section of ``configs/timer_xl_etth1.yaml`` (OpenLTM's ETTh1 Timer-XL)."""
+    with open(CONFIG) as f:
+        section = dict(yaml.safe_load(f)["model"])
+    section.pop("name", None)
+    return TimerXLConfig.from_dict(section)
+
+
+def run(cfg: TimerXLConfig, batches, repeats, pred_len=720):
     torch.manual_seed(0)
-    tm = ref.Model(CFG).eval()
-    jm = from_openltm(tm.state_dict(), CFG)
+    tm = ref.Model(cfg).eval()
+    jm = from_openltm(tm.state_dict(), cfg)
     jm.eval()
     x_all, _ = forecast_windows("ETTh1", "test", 672, pred_len)
     fwd = jax.jit(lambda m, x: m(x))  # nnx.Module is a pytree: params are jit arguments
@@ -72,15 +82,18 @@ def run(batches, repeats, pred_len=720):
     return rows
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--batches", default="1,32")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", default="bench/results/timer_xl.json")
+def main(argv=None) -> int:
+    p = parser("python -m bench.timer_xl", __doc__)
+    p.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
+    p.add_argument("--repeats", type=int, default=5, help="steady-state runs (median)")
+    p.add_argument("--out", default="bench/results/timer_xl.json", help="JSON report")
     args = p.parse_args(argv)
-    rows = run([int(b) for b in args.batches.split(",")], args.repeats)
+    return exit_code(lambda: _main(args))
+
+
+def _main(args) -> None:
+    cfg = etth1_config()
+    rows = run(cfg, int_list(args.batches, "--batches"), args.repeats)
     meta = {
         "device": str(jax.devices()[0]),
         "cpu_count": os.cpu_count(),
@@ -88,7 +101,7 @@ def main(argv=None):
         "jax": jax.__version__,
         "torch": torch.__version__,
         "machine": platform.machine(),
-        "config": CFG.to_dict(),
+        "config": cfg.to_dict(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,4 +116,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
