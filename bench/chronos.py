@@ -129,13 +129,17 @@ def run(batches, repeats, samples=20, horizon=64, context=512):
     }
 
 
-def main(argv=None) -> int:
+def arg_parser():
     p = parser("python -m bench.chronos", __doc__)
     default = "1,8,32" if jax.default_backend() == "gpu" else "1,8"
     p.add_argument("--batches", default=default, help="comma-separated batch sizes")
     p.add_argument("--repeats", type=int, default=3, help="steady-state runs (median)")
     p.add_argument("--out", default="bench/results/chronos.json", help="JSON report")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = arg_parser().parse_args(argv)
 
     def job():
         res = run(int_list(args.batches, "--batches"), args.repeats)

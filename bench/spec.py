@@ -407,14 +407,14 @@ def write_csv(rows, path: Path):
         w.writerows(rows)
 
 
-def parse_args(argv=None):
+def arg_parser():
     p = parser("python -m bench.spec", __doc__)
     p.add_argument("--target", default=DEFAULT_TARGET, help="jaxts checkpoint dir of the target")
     p.add_argument("--draft", default=DEFAULT_DRAFT, help="jaxts checkpoint dir of the draft")
     p.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
     p.add_argument("--windows", type=int, default=32, help="test windows (a multiple of batches)")
-    p.add_argument("--pred-len", type=int, default=720)
-    p.add_argument("--seq-len", type=int, default=672)
+    p.add_argument("--pred-len", type=int, default=720, help="horizon")
+    p.add_argument("--seq-len", type=int, default=672, help="context length")
     p.add_argument("--k", type=int, default=3, help="draft patches per round")
     p.add_argument("--sigma", type=float, default=0.25, help="target sampling noise std")
     p.add_argument("--tol", type=float, default=0.1, help="RMS tolerance of the tolerance rule")
@@ -431,13 +431,12 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None, help="folder with the dataset CSVs")
     p.add_argument("--out", default="bench/results/spec.json", help="JSON report")
     p.add_argument("--csv", default="bench/results/spec.csv", help="CSV of the rows ('': none)")
-    a = p.parse_args(argv)
-    a.argv = list(sys.argv[1:] if argv is None else argv)
-    return a
+    return p
 
 
 def main(argv=None) -> int:
-    a = parse_args(argv)
+    a = arg_parser().parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
     return exit_code(lambda: _main(a))
 
 

@@ -82,12 +82,16 @@ def run(cfg: TimerXLConfig, batches, repeats, pred_len=720):
     return rows
 
 
-def main(argv=None) -> int:
+def arg_parser():
     p = parser("python -m bench.timer_xl", __doc__)
     p.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
     p.add_argument("--repeats", type=int, default=5, help="steady-state runs (median)")
     p.add_argument("--out", default="bench/results/timer_xl.json", help="JSON report")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = arg_parser().parse_args(argv)
     return exit_code(lambda: _main(args))
 
 

@@ -42,6 +42,7 @@ QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 __all__ = [
     "QUANTILES",
+    "arg_parser",
     "evaluate",
     "main",
     "mase",
@@ -203,10 +204,10 @@ def _write_csv(path: Path, ids, train, arrays) -> None:
                         f"{arrays['wql_model'][i]:.6f}", f"{arrays['wql_naive'][i]:.6f}"])  # fmt: skip
 
 
-def parser():
-    from eval.cli import parser as make_parser
+def arg_parser():
+    from eval.cli import parser
 
-    p = make_parser("python -m eval.chronos_t5", __doc__)
+    p = parser("python -m eval.chronos_t5", __doc__)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="jaxts Chronos-T5 dir or HF Chronos dir/hub id")  # fmt: skip
     p.add_argument("--data-dir", default=None, help="folder with the M4 Hourly files")
@@ -227,7 +228,7 @@ def parser():
 def main(argv: list[str] | None = None) -> int:
     from jaxts._cli import exit_code
 
-    args = parser().parse_args(argv)
+    args = arg_parser().parse_args(argv)
     return exit_code(lambda: _main(args))
 
 

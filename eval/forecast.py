@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "NonFiniteForecast",
+    "arg_parser",
     "evaluate_rolling",
     "format_table",
     "main",
@@ -164,10 +165,10 @@ def _run_config_defaults(ckpt: Path) -> dict[str, Any]:
     return {k: data[k] for k in ("dataset", "seq_len", "data_dir") if data.get(k) is not None}
 
 
-def parser():
-    from eval.cli import parser as make_parser
+def arg_parser():
+    from eval.cli import parser
 
-    p = make_parser("python -m eval.forecast", "Rolling test-set evaluation of a checkpoint.")
+    p = parser("python -m eval.forecast", "Rolling test-set evaluation of a checkpoint.")
     p.add_argument("--ckpt", required=True, help="model directory (jaxts.checkpoint format)")
     p.add_argument("--data-dir", default=None, help="folder with the dataset CSVs")
     p.add_argument("--horizons", default="96,192,336,720", help="comma-separated")
@@ -186,7 +187,7 @@ def parser():
 def main(argv: list[str] | None = None) -> int:
     from jaxts._cli import exit_code
 
-    args = parser().parse_args(argv)
+    args = arg_parser().parse_args(argv)
     return exit_code(lambda: _main(args))
 
 

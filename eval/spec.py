@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["Setting", "evaluate", "main", "parse_sweep"]
+__all__ = ["Setting", "arg_parser", "check_checkpoints", "evaluate", "main", "parse_sweep"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARGET = "runs/timer_xl_etth1_cpu/best"
@@ -319,10 +319,10 @@ def plot_sweep(records: list[dict], path: Path, title: str) -> None:
 # ---------------------------------------------------------------- CLI
 
 
-def parser():
-    from eval.cli import parser as make_parser
+def arg_parser():
+    from eval.cli import parser
 
-    p = make_parser("python -m eval.spec", __doc__)
+    p = parser("python -m eval.spec", __doc__)
     p.add_argument(
         "--target",
         default=DEFAULT_TARGET,
@@ -360,7 +360,7 @@ def parser():
 def main(argv: list[str] | None = None) -> int:
     from jaxts._cli import exit_code
 
-    args = parser().parse_args(argv)
+    args = arg_parser().parse_args(argv)
     return exit_code(lambda: _main(args))
 
 

@@ -76,5 +76,6 @@ def test_cli_writes_json_csv_png(tmp_path, models):
 
 
 def test_cli_missing_checkpoint_is_an_error(tmp_path, capsys):
-    assert main(["--target", str(tmp_path / "none"), "--no-train"]) == 2
-    assert "not found" in capsys.readouterr().err
+    argv = ["--target", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert f"no target checkpoint at {tmp_path / 'none'}" in capsys.readouterr().err
