@@ -1,4 +1,4 @@
-"""Token-sampling primitives shared by the autoregressive models (Chronos-T5, Llama).
+"""Token-sampling primitives of the autoregressive token decoders (Chronos-T5 today).
 
 Written for CPU speed inside a jitted decode loop, where they run once per generated token
 over ``[rows, vocab]`` logits:

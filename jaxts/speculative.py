@@ -105,6 +105,13 @@ def _gauss_logpdf(x, mean, var):
     return -0.5 * jnp.sum((x - mean) ** 2 / var + jnp.log(var) + _LOG_2PI, axis=(-2, -1))
 
 
+def _check_key(key) -> None:
+    # Sampling has no sensible default seed: a hidden one would make every call draw the same
+    # numbers, and None would fail deep inside the jitted loop.
+    if key is None or not hasattr(key, "dtype"):
+        raise ValueError(f"key must be a JAX PRNG key such as jax.random.key(0), got {key!r}")
+
+
 def _check_pair(target: TimerXL, draft: TimerXL | None, context) -> int:
     tc = target.config
     if tc.input_token_len != tc.output_token_len:
@@ -163,6 +170,7 @@ def generate(
         raise ValueError(f"accept_bias must be positive, got {accept_bias}")
     if int(max_residual_tries) < 1:
         raise ValueError("max_residual_tries must be >= 1")
+    _check_key(key)
     _check_pair(target, draft, context)
     tg, ts = nnx.split(target)
     dg, ds = nnx.split(draft)
@@ -389,6 +397,7 @@ def sample_target(target: TimerXL, context, pred_len: int, *, sigma: float = 0.2
         raise ValueError(f"sigma must be positive, got {sigma}")
     if int(pred_len) <= 0:
         raise ValueError(f"pred_len must be positive, got {pred_len}")
+    _check_key(key)
     _check_pair(target, None, context)
     tg, ts = nnx.split(target)
     out = _sample_target_jit(

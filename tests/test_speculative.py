@@ -176,6 +176,10 @@ def test_bad_inputs_rejected(pair):
         generate(target, draft, x[:, 1:], 8, key=key)
     with pytest.raises(ValueError, match="pred_len"):
         generate(target, draft, x, 0, key=key)
+    with pytest.raises(ValueError, match="key must be a JAX PRNG key"):
+        generate(target, draft, x, 8, key=None)
+    with pytest.raises(ValueError, match="key must be a JAX PRNG key"):
+        sample_target(target, x, 8, key=None)
     other = model(
         TimerXLConfig(**{**TARGET.to_dict(), "input_token_len": 16, "output_token_len": 16}), 0
     )

@@ -1,6 +1,5 @@
 """Timer-XL: Flax vs the PyTorch reference of OpenLTM, layer by layer then whole model."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -177,10 +176,13 @@ def test_rolling_forecast_is_one_compiled_program():
     graphdef, state = nnx.split(jm)
     from jaxts.models import timer_xl
 
-    lowered = timer_xl._rolling_jit.lower(graphdef, state, jnp.asarray(x), 40)
-    text = lowered.as_text()
-    assert "while" in text  # lax.scan, not an unrolled Python loop
-    assert jax.jit(lambda: 0).lower() is not None
+    def program(pred_len):
+        return timer_xl._rolling_jit.lower(graphdef, state, jnp.asarray(x), pred_len).as_text()
+
+    short, long = program(40), program(400)  # 5 and 50 steps
+    assert "while" in short  # lax.scan, not an unrolled Python loop
+    assert short.count("dot_general") > 0
+    assert long.count("dot_general") == short.count("dot_general")  # one body, any horizon
 
 
 # ------------------------------------------------------------------ input validation

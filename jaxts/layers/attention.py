@@ -1,4 +1,7 @@
-"""Multi-head attention pieces shared by the Timer family (OpenLTM ``AttentionLayer``)."""
+"""OpenLTM's multi-head attention pieces (``AttentionLayer``), as Timer-XL uses them.
+
+T5 has its own attention in ``jaxts/models/t5.py``: no ``1/sqrt(d)`` scaling, a decode cache.
+"""
 
 from __future__ import annotations
 
