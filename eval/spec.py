@@ -128,6 +128,32 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
+def _timing(secs: list[float]) -> dict[str, float]:
+    """The first call compiles: the median of the others, and the first one's excess."""
+    steady = secs[1:] or secs
+    return {
+        "compile_s": secs[0] - float(np.median(steady)),
+        "s_per_batch": float(np.median(steady)),
+    }
+
+
+def _run_batches(fn, batches, padded, bar, what: str, role: str):
+    """Apply ``fn(batch_index, xb)`` to all batches: (predictions [W, H, C] without the padding,
+    seconds per batch, per-batch extras); non-finite predictions stop it (``what``, ``role``
+    name them)."""
+    from eval.forecast import require_finite
+
+    preds, secs, extras = [], [], []
+    for i, ((s, e), xb) in enumerate(zip(batches, padded, strict=True)):
+        (pred, extra), dt = _timed(lambda: fn(i, xb))  # noqa: B023 (called at once)
+        preds.append(np.asarray(pred)[: e - s])
+        require_finite(preds[-1], what, role)
+        secs.append(dt)
+        extras.append(extra)
+        bar.update(1)
+    return np.concatenate(preds), secs, extras
+
+
 def evaluate(
     target,
     draft,
@@ -146,7 +172,6 @@ def evaluate(
     ``baseline`` and ``settings`` (one record each)."""
     import jax
 
-    from eval.forecast import require_finite
     from jaxts.data import pad_batch
     from jaxts.models.timer_xl import rolling_forecast
     from jaxts.speculative import generate, sample_target
@@ -160,28 +185,11 @@ def evaluate(
     steps = math.ceil(h / target.config.output_token_len)
 
     def run(fn, what, role="target"):
-        """Apply ``fn(batch_index, xb)`` to all batches: predictions [W, H, C], seconds per
-        batch after the first (compile) call, first-call seconds, per-batch extras."""
-        preds, secs, extras = [], [], []
-        for i, ((s, e), xb) in enumerate(zip(batches, padded, strict=True)):
-            (pred, extra), dt = _timed(lambda: fn(i, xb))  # noqa: B023 (called at once)
-            preds.append(np.asarray(pred)[: e - s])
-            require_finite(preds[-1], what, role)
-            secs.append(dt)
-            extras.append(extra)
-            bar.update(1)
-        return np.concatenate(preds), secs, extras
+        return _run_batches(fn, batches, padded, bar, what, role)
 
     def scores(pred):
         err = pred.astype(np.float64) - y
         return float(np.mean(err**2)), float(np.mean(np.abs(err)))
-
-    def timing(secs):
-        steady = secs[1:] or secs
-        return {
-            "compile_s": secs[0] - float(np.median(steady)),
-            "s_per_batch": float(np.median(steady)),
-        }
 
     # warm-up call outside the timings would hide compile time; the first batch is the compile
     base, secs, _ = run(
@@ -189,7 +197,7 @@ def evaluate(
     )
     mse, mae = scores(base)
     baseline = {
-        "rolling": {"mse": mse, "mae": mae, "target_calls_per_batch": steps, **timing(secs)}
+        "rolling": {"mse": mse, "mae": mae, "target_calls_per_batch": steps, **_timing(secs)}
     }
     for sig in sigmas:
 
@@ -199,7 +207,7 @@ def evaluate(
 
         pred, secs, _ = run(samp, f"target-only sampling (sigma {sig:g})")
         mse_s, mae_s = scores(pred)
-        baseline[f"sampling_sigma={sig:g}"] = {"mse": mse_s, "mae": mae_s, **timing(secs)}
+        baseline[f"sampling_sigma={sig:g}"] = {"mse": mse_s, "mae": mae_s, **_timing(secs)}
 
     records = []
     for st in settings:
@@ -219,26 +227,8 @@ def evaluate(
         n = [e - s for s, e in batches]
         acc = np.concatenate([r.accepted[:m] for r, m in zip(results, n, strict=True)])
         att = np.concatenate([r.attempted[:m] for r, m in zip(results, n, strict=True)])
-        t = timing(secs)
-        rec = {
-            **dataclasses.asdict(st),
-            "label": st.label(),
-            "mse": mse_p,
-            "mae": mae_p,
-            "mse_change_vs_rolling": mse_p / mse - 1.0,
-            "mae_change_vs_rolling": mae_p / mae - 1.0,
-            "acceptance": float(acc.sum() / max(att.sum(), 1)),
-            "target_calls_per_batch": float(np.mean([r.target_calls for r in results])),
-            "draft_calls_per_batch": float(np.mean([r.draft_calls for r in results])),
-            "residual_fallbacks": int(sum(r.residual_fallbacks for r in results)),
-            **t,
-            "speedup": baseline["rolling"]["s_per_batch"] / t["s_per_batch"],
-            "target_call_ratio": steps / float(np.mean([r.target_calls for r in results])),
-        }
-        if st.rule != "tolerance":
-            samp = baseline[f"sampling_sigma={st.sigma:g}"]
-            rec["mse_change_vs_sampling"] = mse_p / samp["mse"] - 1.0
-        records.append(rec)
+        records.append(_record(st, (mse_p, mae_p), (acc, att), results, _timing(secs), baseline,
+                               steps))  # fmt: skip
         if debug_rows is not None:
             ids = window_ids if window_ids is not None else np.arange(w)
             per_mse = np.mean((pred.astype(np.float64) - y) ** 2, axis=(1, 2))
@@ -249,6 +239,32 @@ def evaluate(
                 )  # fmt: skip
     bar.close()
     return {"baseline": baseline, "settings": records}
+
+
+def _record(st: Setting, errors, counts, results, t: dict, baseline: dict, steps: int) -> dict:
+    """One setting's row: MSE/MAE and their change against the baselines, acceptance (accepted
+    / attempted draft patches over all windows), calls per batch, timing and speed-up."""
+    (mse_p, mae_p), (acc, att) = errors, counts
+    rolling = baseline["rolling"]
+    rec = {
+        **dataclasses.asdict(st),
+        "label": st.label(),
+        "mse": mse_p,
+        "mae": mae_p,
+        "mse_change_vs_rolling": mse_p / rolling["mse"] - 1.0,
+        "mae_change_vs_rolling": mae_p / rolling["mae"] - 1.0,
+        "acceptance": float(acc.sum() / max(att.sum(), 1)),
+        "target_calls_per_batch": float(np.mean([r.target_calls for r in results])),
+        "draft_calls_per_batch": float(np.mean([r.draft_calls for r in results])),
+        "residual_fallbacks": int(sum(r.residual_fallbacks for r in results)),
+        **t,
+        "speedup": rolling["s_per_batch"] / t["s_per_batch"],
+        "target_call_ratio": steps / float(np.mean([r.target_calls for r in results])),
+    }
+    if st.rule != "tolerance":
+        samp = baseline[f"sampling_sigma={st.sigma:g}"]
+        rec["mse_change_vs_sampling"] = mse_p / samp["mse"] - 1.0
+    return rec
 
 
 # ---------------------------------------------------------------- outputs
@@ -368,6 +384,22 @@ def _resolve(path: str) -> Path:
     return Path(path) if Path(path).is_absolute() else ROOT / path
 
 
+def _settings(args) -> list[Setting]:
+    base = Setting(
+        sigma=args.sigma, accept_bias=args.accept_bias, tol=args.tol, adaptive=args.adaptive
+    )
+    # Neither rules, k nor a sweep given: the main job's sweep (every rule at k = 1..4).
+    if args.sweep is not None or (args.rules is None and args.k is None):
+        settings = parse_sweep(args.sweep or DEFAULT_SWEEP, base)
+    else:
+        rules = args.rules or "exact,stride,tolerance"
+        settings = parse_sweep([f"rule={rules}", f"k={args.k or 3}"], base)
+    return [
+        dataclasses.replace(s, tol=0.1 if s.tol is None else s.tol) if s.rule == "tolerance" else s
+        for s in settings
+    ]
+
+
 def _main(args) -> None:
     from eval.cli import check_output_dir, check_output_file
     from eval.forecast import NonFiniteForecast
@@ -384,19 +416,7 @@ def _main(args) -> None:
     check_checkpoints(target_dir, draft_dir)
     target = load_model(target_dir, family="timer_xl")
     draft = load_model(draft_dir, family="timer_xl")
-    base = Setting(
-        sigma=args.sigma, accept_bias=args.accept_bias, tol=args.tol, adaptive=args.adaptive
-    )
-    # Neither rules, k nor a sweep given: the main job's sweep (every rule at k = 1..4).
-    if args.sweep is not None or (args.rules is None and args.k is None):
-        settings = parse_sweep(args.sweep or DEFAULT_SWEEP, base)
-    else:
-        rules = args.rules or "exact,stride,tolerance"
-        settings = parse_sweep([f"rule={rules}", f"k={args.k or 3}"], base)
-    settings = [
-        dataclasses.replace(s, tol=0.1 if s.tol is None else s.tol) if s.rule == "tolerance" else s
-        for s in settings
-    ]
+    settings = _settings(args)
     x, y = forecast_windows(
         args.dataset, "test", args.seq_len, args.pred_len, data_dir=args.data_dir
     )
