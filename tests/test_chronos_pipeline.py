@@ -1,6 +1,7 @@
 """``ChronosT5Pipeline`` against chronos-forecasting's ``ChronosPipeline`` on a tiny random model:
 embeddings and greedy forecasts exactly, sampled forecasts in distribution, and input handling."""
 
+import inspect
 import logging
 
 import jax
@@ -121,6 +122,30 @@ def test_greedy_forecast_matches_upstream(pipes, horizon, num_samples):
     got = jp.predict(BATCH, **kw)
     assert got.shape == (3, num_samples, horizon) and got.dtype == np.float32
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["predict", "predict_quantiles", "embed"])
+def test_parameters_are_upstreams(name):
+    """Same names in the same order as ``ChronosPipeline`` (plus our keyword-only ``key``)."""
+    ours = inspect.signature(getattr(ChronosT5Pipeline, name)).parameters
+    theirs = inspect.signature(getattr(ChronosPipeline, name)).parameters
+    assert [p for p in ours if p != "key"] == list(theirs)
+    if "key" in ours:
+        assert ours["key"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_upstream_keyword_calls_work_unchanged(pipes):
+    tp, jp = pipes
+    kw = dict(prediction_length=5, num_samples=3, top_k=1, limit_prediction_length=True)
+    want = tp.predict(inputs=to_torch(BATCH), **kw).numpy()
+    np.testing.assert_array_equal(jp.predict(inputs=BATCH, **kw), want)
+    levels = dict(quantile_levels=[0.1, 0.5], num_samples=3, top_k=1)
+    want_q, want_mean = tp.predict_quantiles(inputs=to_torch(X), prediction_length=5, **levels)
+    got_q, got_mean = jp.predict_quantiles(inputs=X, prediction_length=5, **levels)
+    np.testing.assert_allclose(got_q, want_q.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(got_mean, want_mean.numpy(), rtol=1e-6)
+    want_emb, _ = tp.embed(context=to_torch(X))
+    np.testing.assert_allclose(jp.embed(context=X)[0], want_emb.numpy(), atol=1e-5)
 
 
 def test_long_horizon_warns_and_limit_raises(pipes, caplog):

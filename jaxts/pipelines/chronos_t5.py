@@ -134,23 +134,27 @@ class ChronosT5Pipeline:
 
     def predict(
         self,
-        context,
+        inputs,
         prediction_length: int | None = None,
         num_samples: int | None = None,
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
-        key: jax.Array | None = None,
         limit_prediction_length: bool = False,
+        *,
+        key: jax.Array | None = None,
     ) -> np.ndarray:
         """Sample paths ``[B, num_samples, prediction_length]`` (float32).
+
+        Parameters are upstream's, in upstream's order (so positional and keyword callers of
+        ``ChronosPipeline.predict`` work unchanged), plus the keyword-only ``key``.
 
         Horizons beyond the model's ``prediction_length`` are forecast in chunks: the median
         (lower middle sample, as ``torch.median``) of each chunk is appended to the context,
         which is re-tokenised (new scale) for the next chunk.
         """
         cfg = self.config
-        arr = prepare_context(context)
+        arr = prepare_context(inputs)
         h = cfg.prediction_length if prediction_length is None else int(prediction_length)
         s = cfg.num_samples if num_samples is None else int(num_samples)
         temperature = cfg.temperature if temperature is None else float(temperature)
@@ -204,7 +208,7 @@ class ChronosT5Pipeline:
 
     def predict_quantiles(
         self,
-        context,
+        inputs,
         prediction_length: int | None = None,
         quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
         **predict_kwargs,
@@ -214,6 +218,6 @@ class ChronosT5Pipeline:
         levels = np.asarray(quantile_levels, np.float64)
         if levels.ndim != 1 or levels.size == 0 or (levels < 0).any() or (levels > 1).any():
             raise ValueError(f"quantile_levels must be a non-empty list in [0, 1], got {levels}")
-        samples = self.predict(context, prediction_length, **predict_kwargs)  # [B, S, H]
+        samples = self.predict(inputs, prediction_length, **predict_kwargs)  # [B, S, H]
         q = np.quantile(samples, levels, axis=1).astype(np.float32)  # [Q, B, H]
         return np.moveaxis(q, 0, -1), samples.mean(axis=1)
