@@ -1,36 +1,11 @@
-"""What the ``eval.*`` and ``bench.*`` command lines share: a ``--help`` that shows every default,
-and outputs that never silently replace earlier results.
-
-Errors are ValueErrors with one line naming the path and the way out, so that
-:func:`jaxts._cli.exit_code` prints them as ``error: ...`` and exits 2.
-"""
+"""Command-line pieces of ``eval.*`` and ``bench.*``: the shared ones of every jaxts CLI (from
+:mod:`jaxts._cli`: ``--help`` with defaults, outputs never silently replaced) and list parsing."""
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
-from pathlib import Path
+from jaxts._cli import HelpFormatter, check_output_dir, check_output_file, parser
 
 __all__ = ["HelpFormatter", "check_output_dir", "check_output_file", "int_list", "parser"]
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written, and ``(default: ...)`` after every option's help.
-
-    Left out where it would say nothing: flags (``store_true``), options whose default is
-    ``None`` (their help says what not giving them means) and helps that already name it."""
-
-    def _get_help_string(self, action):
-        help_ = action.help or ""
-        if action.default is None or isinstance(action.const, bool) or "(default" in help_:
-            return help_
-        return super()._get_help_string(action)
-
-
-def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=HelpFormatter
-    )
 
 
 def int_list(text: str, flag: str) -> list[int]:
@@ -42,41 +17,3 @@ def int_list(text: str, flag: str) -> list[int]:
     if not values or min(values) <= 0:
         raise ValueError(f"{flag} must be comma-separated positive integers, got {text!r}")
     return values
-
-
-def check_output_dir(
-    path, force: bool, *, files: Sequence[str] | None = None, flag: str = "--out"
-) -> Path:
-    """Refuse to write results into folder ``path`` over earlier ones unless ``force``.
-
-    ``files``: the names the command writes there, for a folder that legitimately holds other
-    things (a checkpoint directory); ``None``: the folder is the command's alone, so anything in
-    it is an earlier result. An existing file where a folder is expected is always an error.
-    Creates nothing: callers make the folder when they write, so a failed run leaves no trace.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {path} is a file; expected a folder for the results")
-    if force or not path.is_dir():
-        return path
-    if files is None:
-        found = sorted(p.name for p in path.iterdir())
-    else:
-        found = [name for name in files if (path / name).exists()]
-    if found:
-        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-        raise ValueError(
-            f"{flag} {path} already holds results ({shown}); pass --force to overwrite them "
-            f"or choose another {flag}"
-        )
-    return path
-
-
-def check_output_file(path, force: bool, *, flag: str) -> Path:
-    """Refuse to replace an existing file ``path`` unless ``force``; a folder there is an error."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{flag} {path} is a folder; expected a file name")
-    if path.exists() and not force:
-        raise ValueError(f"{flag} {path} exists; pass --force to overwrite it or choose another")
-    return path
