@@ -1,4 +1,4 @@
-"""Chronos-T5 training (train.chronos), M4 Hourly data and its evaluation (eval.chronos)."""
+"""Chronos-T5 training (train.chronos_t5), M4 Hourly data and its evaluation (eval.chronos)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def _chronos_cfg(**kw):
 
 
 def test_windows_are_a_function_of_seed_and_index():
-    from train.chronos import ChronosWindows
+    from train.chronos_t5 import ChronosWindows
 
     rng = np.random.default_rng(0)
     series = [rng.random(n).astype(np.float32) + 1 for n in (6, 40, 300)]
@@ -129,7 +129,8 @@ def test_windows_are_a_function_of_seed_and_index():
 
 
 def test_labels_shift_right_and_ignore_index_by_hand():
-    from train.chronos import IGNORE_INDEX, ChronosWindows, make_labels, shift_right
+    from train.chronos_t5 import ChronosWindows, make_labels, shift_right
+    from train.losses import IGNORE_INDEX
 
     ids = np.array([[7, 8, 9, 1], [4, 5, 6, 1]], np.int32)
     mask = np.array([[True, False, True, True], [True, True, True, True]])
@@ -154,8 +155,9 @@ def test_labels_shift_right_and_ignore_index_by_hand():
 
 def test_loss_matches_numpy_cross_entropy():
     from jaxts.models.chronos_t5 import ChronosT5
-    from train.chronos import ChronosWindows, chronos_loss
+    from train.chronos_t5 import ChronosWindows
     from train.config import model_config
+    from train.losses import chronos_loss
 
     cfg = load_config(SMOKE)
     model = ChronosT5(model_config(cfg), rngs=nnx.Rngs(0))
@@ -180,7 +182,7 @@ def test_loss_matches_numpy_cross_entropy():
 
 
 def test_learning_rate_schedule():
-    from train.chronos import learning_rate_schedule
+    from train.optim import learning_rate_schedule
 
     lin = learning_rate_schedule(1.0, 10, 2, "linear")
     np.testing.assert_allclose([float(lin(s)) for s in (0, 1, 2, 6, 10)], [0, 0.5, 1, 0.5, 0])
@@ -198,7 +200,7 @@ def _smoke_cfg(out: Path, *overrides: str):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """One uninterrupted smoke run (6 steps) shared by the tests below."""
-    from train.chronos import run
+    from train.chronos_t5 import run
 
     out = tmp_path_factory.mktemp("chronos") / "full"
     summary = run(_smoke_cfg(out))
@@ -221,7 +223,7 @@ def test_smoke_run_saves_a_loadable_model(smoke_run):
 
 def test_resume_is_bit_identical(smoke_run, tmp_path):
     from jaxts.checkpoint import load_model
-    from train.chronos import run
+    from train.chronos_t5 import run
 
     full, _ = smoke_run
     out = tmp_path / "resumed"
@@ -235,8 +237,69 @@ def test_resume_is_bit_identical(smoke_run, tmp_path):
     # a changed recipe is refused instead of mixing two experiments in one folder
     from train.config import ConfigError
 
-    with pytest.raises(ConfigError, match="chronos.min_past"):
-        run(_smoke_cfg(out, "chronos.min_past=20"))
+    with pytest.raises(ConfigError, match="chronos_t5.min_past"):
+        run(_smoke_cfg(out, "chronos_t5.min_past=20"))
+
+
+def test_logged_lr_is_the_scheduled_rate(smoke_run):
+    """metrics.jsonl's lr is the rate the step applied (linear warmup 1 step, decay to 0 at
+    step 6), not the peak."""
+    from train.optim import learning_rate_schedule
+
+    out, _ = smoke_run
+    rows = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    sched = learning_rate_schedule(1e-3, 6, 1, "linear")
+    for r in rows:
+        assert r["lr"] == pytest.approx(float(sched(r["step"] - 1)), rel=1e-6)
+    assert rows[-1]["lr"] == pytest.approx(2e-4)
+
+
+def test_init_from_must_fit_the_model_section(smoke_run, tmp_path):
+    """--init-from gives the model section's model its weights: other shapes are refused (the
+    8M tiny section cannot start from the 32-wide smoke model), settings that change no shape
+    are the section's; without a section the checkpoint's config is trained and recorded."""
+    from jaxts.checkpoint import load_model
+    from train.chronos_t5 import build_model, run
+    from train.config import ConfigError, updated
+
+    init = str(smoke_run[0] / "best")
+    tiny = REPO / "configs" / "chronos_t5_tiny.yaml"
+    out = tmp_path / "tiny"
+    sets = [f"run.out_dir={out}", f"chronos_t5.init_from={init}", "chronos_t5.datasets=ETTh1"]
+    with pytest.raises(ConfigError, match=r"does not fit.*t5.d_model 32 \(model section 256\)"):
+        run(load_config(tiny, sets))
+    assert not out.exists()  # nothing written for a refused start
+    cfg = _smoke_cfg(tmp_path, "model.t5.dropout_rate=0.2")
+    model, got = build_model(cfg, init)
+    assert got == cfg and model.config.t5.dropout_rate == 0.2
+    for a, b in zip(_params(model), _params(load_model(init)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    model, got = build_model(updated(cfg, {"model": None}), init)
+    assert got.model.t5.dropout_rate == 0.1 and model.config == load_model(init).config
+
+
+def test_max_steps_zero_trains_nothing(smoke_run, tmp_path, capsys):
+    """--max-steps 0: no step, no best/ claimed; the run folder records the checkpoint's model
+    when the config has no model section; a negative count is a usage error."""
+    import yaml
+
+    from train.chronos_t5 import main
+
+    raw = yaml.safe_load(SMOKE.read_text())
+    del raw["model"]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    init = str(smoke_run[0] / "best")
+    argv = ["--config", str(path), "--out", str(out), "--init-from", init]
+    assert main([*argv, "--max-steps", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "nothing trained" in text and "best model in" not in text
+    assert not (out / "best").exists()
+    assert json.loads((out / "summary.json").read_text())["steps_run"] == 0
+    assert load_config(out / "config.yaml").model.t5.d_model == 32  # the model of --init-from
+    with pytest.raises(SystemExit):
+        main([*argv, "--max-steps", "-1"])
 
 
 _DP_SCRIPT = textwrap.dedent(
@@ -244,9 +307,8 @@ _DP_SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from flax import nnx
     from jaxts.checkpoint import load_model
-    from train.chronos import run
-    from tests.helpers import REPO, run_on_devices
-from train.config import load_config
+    from train.chronos_t5 import run
+    from train.config import load_config
     assert jax.device_count() == 4
     params = {{}}
     for n in (1, 4):

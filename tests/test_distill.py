@@ -16,9 +16,11 @@ from flax import nnx
 from jaxts.checkpoint import load_model, save_model
 from jaxts.models.timer_xl import TimerXL, TimerXLConfig
 from tests.helpers import REPO, TINY_MODEL, run_on_devices, write_csv
+from train import calibration as C
 from train import distill as D
-from train.config import ConfigError, config_from_dict
-from train.trainer import _keys_to_data, masked_gaussian_nll
+from train import losses as L
+from train.config import ConfigError, config_from_dict, load_config
+from train.trainer import _keys_to_data
 
 SCALES = dict(scale_d_model=0.5, scale_n_heads=0.5, scale_d_ff=0.5, scale_e_layers=0.5)
 
@@ -71,23 +73,22 @@ def test_losses_match_numpy():
     nll = np.mean(0.5 * (lv + (m - tt) ** 2 / np.exp(lv)))
     pen = np.mean(np.maximum(-lv - 5.0, 0.0))
     assert pen > 0  # the draw reaches below logvar -5
-    got = float(masked_gaussian_nll(mean, logvar, t, mask))
+    got = float(L.masked_gaussian_nll(mean, logvar, t, mask))
     assert got == pytest.approx(nll, rel=1e-5)
-    assert float(D.variance_penalty(logvar, mask)) == pytest.approx(pen, rel=1e-5)
-    got = float(D.distill_objective((mean, logvar), t, mask, var_reg=0.3))
+    assert float(L.variance_penalty(logvar, mask)) == pytest.approx(pen, rel=1e-5)
+    got = float(L.distill_objective((mean, logvar), t, mask, var_reg=0.3))
     assert got == pytest.approx(nll + 0.3 * pen, rel=1e-5)
-    assert float(D.distill_objective((mean, logvar), t, mask)) == pytest.approx(nll, rel=1e-5)
-    got = float(D.distill_objective(mean, t, mask))  # deterministic draft: MSE
+    assert float(L.distill_objective((mean, logvar), t, mask)) == pytest.approx(nll, rel=1e-5)
+    got = float(L.distill_objective(mean, t, mask))  # deterministic draft: MSE
     assert got == pytest.approx(np.mean((m - tt) ** 2), rel=1e-5)
-    # train.target's stochastic loss is the same NLL against the data.
-    from train.target import next_patch_nll
 
+    # train.timer_xl's stochastic loss is the same NLL against the data.
     class Fake:
         def __call__(self, x):
             return jnp.asarray(mean), jnp.asarray(logvar)
 
     y = t[:, -2:]
-    got = float(next_patch_nll(Fake(), (None, y), mask))
+    got = float(L.next_patch_nll(Fake(), (None, y), mask))
     want = np.mean(0.5 * (lv[:, -2:] + (m[:, -2:] - tt[:, -2:]) ** 2 / np.exp(lv[:, -2:])))
     assert got == pytest.approx(want, rel=1e-5)
 
@@ -101,7 +102,7 @@ def test_teacher_noise_and_dropout_are_explicit_and_seeded():
     g_eval, params, rest = nnx.split(teacher, nnx.Param, ...)
     state = (params, rest)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 48, 3)), jnp.float32)
-    jitted = jax.jit(D.teacher_forecast, static_argnums=(0, 4))
+    jitted = jax.jit(C.teacher_forecast, static_argnums=(0, 4))
 
     def f(g, key, noise):
         return np.asarray(jitted(g, state, x, key, noise))
@@ -129,8 +130,8 @@ def test_calibration_of_gaussian_samples():
     mask = np.arange(64) < 60
     teacher[60:] = np.nan
     args = [jnp.asarray(a, jnp.float32) for a in (mean, logvar, teacher)]
-    sums = jax.device_get(D.calibration_sums(*args, jnp.asarray(mask), jnp.asarray(y, jnp.float32)))
-    got = D.calibration_metrics({k: float(v) for k, v in sums.items()})
+    sums = jax.device_get(C.calibration_sums(*args, jnp.asarray(mask), jnp.asarray(y, jnp.float32)))
+    got = C.calibration_metrics({k: float(v) for k, v in sums.items()})
     dvt = got["draft_vs_teacher"]
     assert dvt["cover_1sigma"] == pytest.approx(0.6827, abs=0.01)
     assert dvt["cover_2sigma"] == pytest.approx(0.9545, abs=0.005)
@@ -141,7 +142,7 @@ def test_calibration_of_gaussian_samples():
     assert dvt["mean_sigma"] == pytest.approx(np.mean(np.exp(0.5 * lv)), rel=1e-4)
     assert got["teacher_vs_data"]["mse"] == pytest.approx(0.01, rel=1e-3)
     # A deterministic draft: errors only.
-    sums = D.calibration_sums(args[0], None, args[2], jnp.asarray(mask))
+    sums = C.calibration_sums(args[0], None, args[2], jnp.asarray(mask))
     assert set(sums) == {"n", "sq", "abs"}
 
 
@@ -181,17 +182,40 @@ def test_config_errors(assets, tmp_path):
 
 
 def test_shipped_distill_configs_load():
-    from train.config import load_config
+    """The shipped distillation configs have no model section: the teacher's checkpoint gives
+    it. Their drafts are STRIDE's 0.25x of the teachers the target configs train."""
+    from train.config import model_config
 
     full = load_config(REPO / "configs" / "distill_etth1.yaml")
-    assert full.model["d_model"] == 1024 and full.distill.teacher == "runs/etth1_full/best"
-    dcfg = D.student_config(TimerXLConfig.from_dict({k: v for k, v in full.model.items()
-                                                     if k != "name"}), full.distill)  # fmt: skip
+    assert full.model is None and full.distill.teacher == "runs/etth1_full/best"
+    teacher = model_config(load_config(REPO / "configs" / "timer_xl_etth1.yaml"))
+    dcfg = D.student_config(teacher, full.distill)
     assert (dcfg.d_model, dcfg.n_heads, dcfg.d_ff, dcfg.e_layers) == (256, 2, 512, 1)
     assert dcfg.stochastic and full.optim.learning_rate == 5e-5 and full.optim.batch_size == 64
     assert full.distill.var_reg == 0.01 and full.distill.teacher_noise == 0.05
     cpu = load_config(REPO / "configs" / "distill_etth1_cpu.yaml")
-    assert cpu.model["d_model"] == 256 and cpu.distill.teacher == "runs/timer_xl_etth1_cpu/best"
+    assert cpu.model is None and cpu.distill.teacher == "runs/timer_xl_etth1_cpu/best"
+
+
+def test_model_section_comes_from_a_jaxts_teacher(assets, tmp_path):
+    """Without a model section the teacher's checkpoint gives it (recorded in config.yaml, and
+    a rerun resumes); an OpenLTM .pth teacher, which does not record use_norm etc., needs it."""
+    raw = _raw(assets, tmp_path / "run")
+    del raw["model"]
+    setup = D.build(config_from_dict(raw), verbose=False)
+    assert setup.teacher_config == TimerXLConfig(**TINY_MODEL)
+    assert setup.cfg.model.name == "timer_xl" and setup.cfg.model.d_model == 16
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(raw))
+    argv = ["--config", str(path), "--set", "optim.train_epochs=1", "optim.max_steps_per_epoch=2"]
+    assert D.main(argv) == 0
+    recorded = load_config(tmp_path / "run" / "config.yaml")
+    assert recorded.model == setup.cfg.model  # the resolved teacher config
+    assert D.main(argv) == 0  # the same command again resumes (a finished run: no step)
+    pth = tmp_path / "teacher.pth"
+    pth.write_bytes(b"not read")
+    with pytest.raises(ConfigError, match="does not record"):
+        D.build(config_from_dict(_raw(assets, tmp_path, teacher=str(pth)) | {"model": None}))
 
 
 # ---- training ----------------------------------------------------------------------------------
@@ -339,8 +363,7 @@ _DP_SCRIPT = textwrap.dedent(
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, {repo!r})
-    from tests.helpers import REPO, TINY_MODEL, run_on_devices, write_csv
-from train import distill as D
+    from train import distill as D
     from train.config import config_from_dict
     assert jax.device_count() == 4, jax.devices()
     raw = json.loads({raw!r})

@@ -1,10 +1,13 @@
-"""Training / evaluation entry points: config, schedules, resumability, data parallelism."""
+"""The Timer-XL trainer and the generic Trainer: schedules and the optimizer's exact bits,
+losses, resumability, the CLI, data parallelism (config validation: tests/test_config.py;
+checkpoint robustness: tests/test_train_robustness.py)."""
 
 from __future__ import annotations
 
 import json
 import math
 import textwrap
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,8 +15,10 @@ import pytest
 from flax import nnx
 
 from tests.helpers import REPO, TINY_MODEL, run_on_devices, synthetic_rows, write_csv
-from train.config import ConfigError, config_from_dict, load_config
-from train.trainer import Trainer, TrainerConfig, learning_rate_at, masked_mse
+from train.config import config_from_dict
+from train.losses import masked_mse, next_patch_loss
+from train.optim import learning_rate_at, openltm_adam
+from train.trainer import CheckpointError, Trainer
 
 
 def _model(seed: int = 0):
@@ -22,77 +27,10 @@ def _model(seed: int = 0):
     return TimerXL(TimerXLConfig(**TINY_MODEL), rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
 
-def _loss(model, batch, mask):
-    from train.target import next_patch_loss
-
-    return next_patch_loss(model, batch, mask)
-
-
 def _windows(n_rows: int):
     from jaxts.data import NextPatchWindows
 
     return NextPatchWindows(synthetic_rows(n_rows), 48, 16, 16)
-
-
-# ---- config ----------------------------------------------------------------------------------
-
-
-def test_unknown_keys_rejected_everywhere():
-    with pytest.raises(ConfigError) as e:
-        config_from_dict(
-            {
-                "model": {**TINY_MODEL, "d_modle": 8},
-                "optim": {"learing_rate": 1e-3, "batch_size": 8},
-                "run": {"ckpt_every": 3},
-                "extra": {},
-            }
-        )
-    msg = str(e.value)
-    for key in ("d_modle", "learing_rate", "ckpt_every", "extra"):
-        assert key in msg  # every offender is listed, not only the first
-    with pytest.raises(ConfigError, match="model.name"):
-        config_from_dict({"model": {"name": "timer_xxl"}})
-    with pytest.raises(ConfigError, match="batch_size"):
-        config_from_dict({"optim": {"batch_size": "big"}})
-
-
-def test_set_overrides_are_yaml_typed(tmp_path):
-    path = tmp_path / "c.yaml"
-    # PyYAML reads `1e-4` as a string; the loader must still give a float.
-    path.write_text("model: {d_model: 32, n_heads: 2}\noptim: {learning_rate: 1e-4}\n")
-    cfg = load_config(path)
-    assert cfg.optim.learning_rate == 1e-4 and cfg.model["d_model"] == 32
-    cfg = load_config(
-        path,
-        [
-            "optim.learning_rate=3e-4",
-            "optim.batch_size=64",
-            "model.use_norm=false",
-            "model.activation=gelu",
-            "run.horizons=[96, 192]",
-            "data.data_dir=null",
-            "optim.max_steps_per_epoch=5",
-        ],
-    )
-    assert cfg.optim.learning_rate == pytest.approx(3e-4)
-    assert isinstance(cfg.optim.batch_size, int) and cfg.optim.batch_size == 64
-    assert cfg.model["use_norm"] is False and cfg.model["activation"] == "gelu"
-    assert cfg.run.horizons == (96, 192)
-    assert cfg.data.data_dir is None and cfg.optim.max_steps_per_epoch == 5
-    with pytest.raises(ConfigError, match="optim.batch_size"):
-        load_config(path, ["optim.batch_size=abc"])
-    with pytest.raises(ConfigError, match="section.key=value"):
-        load_config(path, ["batch_size=3"])
-    with pytest.raises(ConfigError, match="nope"):
-        load_config(path, ["optim.nope=1"])
-
-
-def test_shipped_configs_load():
-    full = load_config(REPO / "configs" / "timer_xl_etth1.yaml")
-    assert full.model["d_model"] == 1024 and full.data.seq_len == 672
-    assert full.optim.lradj == "cosine" and full.optim.valid_last and full.optim.seed == 2021
-    cpu = load_config(REPO / "configs" / "timer_xl_etth1_cpu.yaml")
-    assert cpu.data.seq_len == 672 and cpu.model["input_token_len"] == 96
 
 
 # ---- schedules and loss ----------------------------------------------------------------------
@@ -118,6 +56,41 @@ def test_lr_schedules_match_openltm():
         sched.step()
 
 
+def test_openltm_adam_has_the_bits_of_a_rate_set_per_epoch():
+    """The per-epoch rate table inside the optimizer gives exactly the updates of Adam whose
+    rate is set from the host at each epoch (optax.inject_hyperparams, the earlier trainer):
+    training stays bit-identical. Equal settings give the same (cached) objects."""
+    import jax.numpy as jnp
+    import optax
+
+    def host_set(weight_decay):
+        def make(learning_rate):
+            parts = [optax.add_decayed_weights(weight_decay)] if weight_decay > 0 else []
+            return optax.chain(*parts, optax.adam(learning_rate))
+
+        return optax.inject_hyperparams(make)(learning_rate=0.0)
+
+    rng = np.random.default_rng(0)
+    lr, spe, epochs, tmax = 1e-3, 3, 4, 4
+    for lradj, wd in (("cosine", 0.0), ("type1", 0.01)):
+        tx, schedule = openltm_adam(lr, lradj, tmax, epochs, spe, wd)
+        assert openltm_adam(lr, lradj, tmax, epochs, spe, wd)[0] is tx
+        ref = host_set(wd)
+        params = {"w": jnp.asarray(rng.standard_normal((7, 5)), jnp.float32)}
+        p_new, p_ref = params, params
+        s_new, s_ref = tx.init(params), ref.init(params)
+        for step in range(epochs * spe + 2):  # past the last epoch its rate is kept
+            epoch = min(step // spe, epochs - 1)
+            rate = learning_rate_at(epoch, lr, lradj, tmax)
+            assert float(schedule(step)) == float(np.float32(rate))
+            s_ref.hyperparams["learning_rate"] = jnp.asarray(rate, jnp.float32)
+            g = {"w": jnp.asarray(rng.standard_normal((7, 5)), jnp.float32)}
+            u_new, s_new = jax.jit(tx.update)(g, s_new, p_new)
+            u_ref, s_ref = jax.jit(ref.update)(g, s_ref, p_ref)
+            p_new, p_ref = optax.apply_updates(p_new, u_new), optax.apply_updates(p_ref, u_ref)
+            np.testing.assert_array_equal(np.asarray(p_new["w"]), np.asarray(p_ref["w"]))
+
+
 def test_masked_mse_ignores_padding():
     rng = np.random.default_rng(0)
     p, t = rng.standard_normal((2, 5, 4, 3)).astype(np.float32)
@@ -130,7 +103,7 @@ def test_masked_mse_ignores_padding():
 # ---- training runs -----------------------------------------------------------------------------
 
 
-def test_short_run_end_to_end(tmp_path):
+def test_short_run_end_to_end(tmp_path, capsys):
     """train.target: metrics JSONL, a loadable best model, test metrics and a plot."""
     from eval.forecast import evaluate_rolling
     from eval.forecast import main as eval_main
@@ -182,23 +155,38 @@ def test_short_run_end_to_end(tmp_path):
     got = json.loads((ev / "metrics_test.json").read_text())
     assert got["16"]["mse"] == pytest.approx(metrics["16"]["mse"], rel=1e-5)
     # A rerun with other settings must not resume into this run's checkpoints.
+    capsys.readouterr()
     assert main(["--config", str(cfg), "--out", str(out), "--set", "optim.seed=8"]) == 2
+    assert "optim.seed: 7 -> 8" in capsys.readouterr().err
+    # An existing file as --out: one line, exit 2.
+    assert main(["--config", str(cfg), "--out", str(csv)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "is a file" in err
 
 
-def _trainer(out, callback=None, devices=None, **kw):
-    cfg = TrainerConfig(
-        out_dir=str(out), learning_rate=1e-3, batch_size=8, train_epochs=2, patience=3,
-        lradj="type1", seed=3, ckpt_every_steps=2, log_every_steps=2, progress=False, **kw,
-    )  # fmt: skip
+def _trainer(out, callback=None, devices=None, model=None, export_best=None, **optim):
+    from train.timer_xl import optimizer
+
+    cfg = config_from_dict({
+        "optim": {"learning_rate": 1e-3, "batch_size": 8, "train_epochs": 2, "patience": 3,
+                  "lradj": "type1", "seed": 3, **optim},
+        "run": {"out_dir": str(out), "ckpt_every_steps": 2, "log_every_steps": 2,
+                "progress": False},
+    })  # fmt: skip
+    train = _windows(100)  # 37 windows: 5 steps per epoch, the last one a partial batch of 5
+    tx, schedule = optimizer(cfg, len(train))
     saved = []
     t = Trainer(
-        _model(),
-        cfg,
-        _loss,
-        _windows(100),  # 37 windows: 5 steps per epoch, the last one a partial batch of 5
+        model if model is not None else _model(),
+        next_patch_loss,
+        train,
         _windows(80),
+        optim=cfg.optim,
+        run=cfg.run,
+        tx=tx,
+        schedule=schedule,
         devices=devices,
-        export_best=lambda m, d: (d.mkdir(parents=True), saved.append(d)),
+        export_best=export_best or (lambda m, d: (d.mkdir(parents=True), saved.append(d))),
         callback=callback,
     )
     return t, saved
@@ -211,7 +199,15 @@ def _state_leaves(t: Trainer):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
-def test_resume_reaches_the_same_result(tmp_path):
+def _damage(ckpt_dir, step: int) -> int:
+    """Truncate every file of a training checkpoint step to half; returns how many."""
+    files = [f for f in (ckpt_dir / str(step)).rglob("*") if f.is_file()]
+    for f in files:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return len(files)
+
+
+def test_resume_reaches_the_same_result(tmp_path, capsys):
     ref, _ = _trainer(tmp_path / "a")
     res_a = ref.fit()
     assert res_a.global_step == 10 and res_a.finished
@@ -234,8 +230,19 @@ def test_resume_reaches_the_same_result(tmp_path):
     c, _ = _trainer(tmp_path / "c")
     res_c = c.fit()
 
+    # A damaged latest checkpoint (a truncated copy): set aside, resumed from the one before.
+    d, _ = _trainer(tmp_path / "d", callback=crash_at_7)
+    with pytest.raises(Crash):
+        d.fit()
+    assert _damage(tmp_path / "d" / "checkpoints", 6)
+    d, _ = _trainer(tmp_path / "d")
+    res_d = d.fit()
+    assert res_d.start_step == 5
+    assert "unreadable" in capsys.readouterr().out
+    assert (tmp_path / "d" / "corrupt_checkpoints" / "6").is_dir()
+
     want = _state_leaves(ref)
-    for t, res in ((b, res_b), (c, res_c)):
+    for t, res in ((b, res_b), (c, res_c), (d, res_d)):
         assert res.global_step == res_a.global_step and res.best_val == res_a.best_val
         for x, y in zip(want, _state_leaves(t), strict=True):
             np.testing.assert_array_equal(x, y)
@@ -246,8 +253,60 @@ def test_resume_reaches_the_same_result(tmp_path):
     assert ep(va) == ep(vb)
 
 
+def test_unreadable_checkpoints_are_one_error_line(tmp_path):
+    t, _ = _trainer(tmp_path, max_steps_per_epoch=2)
+    t.fit(max_steps=3)  # checkpoints at steps 2 (epoch end) and 3
+    for step in (2, 3):
+        _damage(tmp_path / "checkpoints", step)
+    t, _ = _trainer(tmp_path, max_steps_per_epoch=2)
+    with pytest.raises(CheckpointError, match="no readable training checkpoint") as e:
+        t.fit()
+    assert "\n" not in str(e.value) and "step 3:" in str(e.value) and "step 2:" in str(e.value)
+
+
+def test_max_steps_zero_takes_no_step(tmp_path):
+    t, saved = _trainer(tmp_path)
+    res = t.fit(max_steps=0)
+    assert res.global_step == 0 and res.steps_run == 0 and not res.finished and not saved
+    assert not (tmp_path / "best").exists()
+
+
+def test_best_swap_never_leaves_no_model(tmp_path, monkeypatch):
+    """Replacing best/ is one atomic step: a kill (here: a failing rename) at any point leaves
+    a complete best/ (the old or the new one), never none."""
+    calls = []
+
+    def export(model, directory):
+        directory.mkdir(parents=True)
+        (directory / "which").write_text(str(len(calls)))
+        calls.append(directory)
+
+    t, _ = _trainer(tmp_path, export_best=export)
+    t._export()
+    assert (tmp_path / "best" / "which").read_text() == "0"
+
+    def killed(self, target):
+        raise OSError("killed")
+
+    monkeypatch.setattr(Path, "rename", killed)
+    try:
+        t._export()
+    except OSError:
+        pass
+    assert (tmp_path / "best" / "which").read_text() in ("0", "1")
+
+
+def test_trains_in_train_mode_whatever_mode_the_model_came_in(tmp_path):
+    model = _model()
+    model.eval()  # as loaders return models
+    t, _ = _trainer(tmp_path, model=model)
+    x = _windows(100).batch(np.arange(4))[0]
+    again = [np.asarray(nnx.merge(t.graphdef, t.params, t.rest)(x)) for _ in range(2)]
+    assert not np.allclose(again[0], again[1])  # dropout active in the trained graph
+
+
 def test_validation_is_openltm_weighted_mean(tmp_path):
-    from train.target import LastPatch
+    from train.timer_xl import LastPatch
 
     t, _ = _trainer(tmp_path)
     val = _windows(80)  # 17 windows: batches of 8, 8, 1

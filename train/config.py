@@ -1,27 +1,34 @@
-"""Run configuration: a YAML file with sections ``model``, ``data``, ``optim`` and ``run`` (and
-``distill`` for ``train.distill``, ``chronos`` for ``train.chronos``).
+"""Run configuration: a YAML file with sections ``model``, ``data``, ``optim`` and ``run``, plus
+``distill`` (``train.distill``) or ``chronos_t5`` (``train.chronos_t5``).
 
-Every key is checked: an unknown key in any section (or an unknown section) is an error that
-lists all offenders, because a silently ignored typo (``learing_rate``) is the worst failure
-mode of a training config. ``--set section.key=value`` overrides are parsed as YAML scalars
-(``--set optim.learning_rate=3e-4``, ``--set model.use_norm=false``) and type-checked the same
-way as the file.
+Every section is a frozen pydantic v2 model with ``extra="forbid"``: an unknown key (a typo such
+as ``learing_rate`` is the worst failure mode of a training config), a value of the wrong type
+or out of range is reported with its path (``optim.batch_size: ...``), every problem at once, as
+one :class:`ConfigError`. The ``model`` section is one section per registered model family
+(:data:`jaxts.registry.FAMILIES`), picked by ``name`` and derived from the family's config
+dataclass (:func:`jaxts.config.config_model`), so no model field is listed here; its layout is
+the family's ``config.json`` layout (a ``chronos_t5`` section is nested ``t5:`` / ``chronos:``).
+
+``--set section.key=value`` overrides (also deeper: ``--set model.t5.d_model=64``) are parsed as
+YAML scalars and validated with the file. YAML ``1e-4`` is a float (YAML 1.2; PyYAML's YAML 1.1
+resolver would read a string).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
-import typing
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
+import pydantic
 import yaml
+from pydantic import Field
+
+from jaxts.config import build, config_model, format_errors
+from jaxts.registry import FAMILIES
 
 __all__ = [
-    "ChronosModelSection",
-    "ChronosTrainConfig",
+    "ChronosT5TrainConfig",
     "ConfigError",
     "DataConfig",
     "DistillConfig",
@@ -31,176 +38,102 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "dump_config",
+    "flat",
     "load_config",
+    "load_yaml",
     "model_config",
+    "model_section",
+    "updated",
 ]
 
-MODEL_NAMES = ("timer_xl", "chronos_t5")
+DEFAULT_FAMILY = "timer_xl"  # a model section without `name` (configs predating the registry)
+RECIPE_SECTIONS = ("distill", "chronos_t5")  # trainer-specific sections, None when absent
 
 
 class ConfigError(ValueError):
     """A run configuration that is malformed, has unknown keys or ill-typed values."""
 
 
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
+class _Section(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+def _one_or_many(value: Any) -> Any:
+    # `--set run.horizons=96` means one horizon
+    return (
+        [value] if isinstance(value, int | float | str) and not isinstance(value, bool) else value
+    )
+
+
+def _not_empty(value: tuple) -> tuple:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class DataConfig(_Section):
     dataset: str = "ETTh1"  # a name (resolved by jaxts.data.resolve_path) or a CSV path
     data_dir: str | None = None
-    seq_len: int = 672
+    seq_len: Positive = 672
 
 
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    learning_rate: float = 1e-4
-    batch_size: int = 32
-    train_epochs: int = 10
-    patience: int = 3
-    lradj: str = "type1"  # 'type1' (halve every epoch from epoch 2) or 'cosine'
-    tmax: int = 10  # cosine period in epochs (OpenLTM --tmax)
-    weight_decay: float = 0.0  # coupled L2, as torch.optim.Adam(weight_decay=...)
+class OptimConfig(_Section):
+    learning_rate: PositiveFloat = 1e-4
+    batch_size: Positive = 32
+    train_epochs: Positive = 10
+    patience: Positive = 3
+    lradj: Literal["type1", "cosine"] = "type1"  # halve every epoch from epoch 2, or cosine
+    tmax: Positive = 10  # cosine period in epochs (OpenLTM --tmax)
+    weight_decay: NonNegative = 0.0  # coupled L2, as torch.optim.Adam(weight_decay=...)
     valid_last: bool = False  # validate on the last token's patch only (OpenLTM --valid_last)
     seed: int = 2021
-    max_steps_per_epoch: int | None = None  # cap for smoke runs; None = full epoch
-
-    def __post_init__(self):
-        if self.lradj not in ("type1", "cosine"):
-            raise ConfigError(f"optim.lradj must be 'type1' or 'cosine', got {self.lradj!r}")
-        for name in ("batch_size", "train_epochs", "patience", "tmax"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"optim.{name} must be positive, got {getattr(self, name)}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ConfigError(f"optim.learning_rate must be positive, got {self.learning_rate}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch <= 0:
-            raise ConfigError("optim.max_steps_per_epoch must be positive or null")
+    max_steps_per_epoch: Positive | None = None  # cap for smoke runs; None = full epoch
 
 
-@dataclasses.dataclass(frozen=True)
-class RunSection:
+class RunSection(_Section):
     out_dir: str = "runs/timer_xl_etth1"
-    ckpt_every_steps: int = 200  # plus one checkpoint at every epoch end
-    log_every_steps: int = 50  # metrics.jsonl line every N steps (plus one per epoch)
-    max_to_keep: int = 2  # resumable checkpoints kept (the best model is exported separately)
-    horizons: tuple[int, ...] = (96, 192, 336, 720)  # rolling test evaluation at the end
-    eval_batch_size: int = 64
+    ckpt_every_steps: Positive = 200  # plus one checkpoint at every epoch end
+    log_every_steps: Positive = 50  # metrics.jsonl line every N steps (plus one per epoch)
+    max_to_keep: Positive = 2  # resumable checkpoints kept (the best model is exported apart)
+    horizons: tuple[Positive, ...] = (96, 192, 336, 720)
+    eval_batch_size: Positive = 64
     progress: bool = True  # tqdm bars
 
-    def __post_init__(self):
-        for name in ("ckpt_every_steps", "log_every_steps", "max_to_keep", "eval_batch_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"run.{name} must be positive, got {getattr(self, name)}")
-        if not self.horizons or any(h <= 0 for h in self.horizons):
-            raise ConfigError(f"run.horizons must be positive integers, got {self.horizons}")
+    _horizons_in = pydantic.field_validator("horizons", mode="before")(_one_or_many)
+    _horizons_out = pydantic.field_validator("horizons")(_not_empty)
 
 
-TEACHER_FORMATS = ("auto", "jaxts", "openltm")
-
-
-@dataclasses.dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(_Section):
     """Knowledge distillation of a STRIDE draft from a frozen teacher (``train.distill``).
 
-    The ``model`` section of a distillation run describes the *teacher* (the target the draft
-    scales are applied to); the draft is ``draft_config(teacher, scale_*, stochastic=...)``.
+    The ``model`` section of a distillation run describes the *teacher*; it is read from a jaxts
+    teacher's checkpoint when left out. The draft is ``draft_config(teacher, scale_*, ...)``.
     """
 
-    # A jaxts model directory (train.target's RUN/best) or an OpenLTM/STRIDE checkpoint.pth.
+    # A jaxts model directory (train.timer_xl's RUN/best) or an OpenLTM/STRIDE checkpoint.pth.
     teacher: str | None = None
     # 'auto' (a directory is a jaxts checkpoint, a file an OpenLTM one), 'jaxts' or 'openltm'.
-    teacher_format: str = "auto"
+    teacher_format: Literal["auto", "jaxts", "openltm"] = "auto"
     # STRIDE's --draft_scale_*; null keeps the teacher's value.
-    scale_d_model: float | None = 0.25
-    scale_n_heads: float | None = 0.25
-    scale_d_ff: float | None = 0.25
-    scale_e_layers: float | None = 0.25
+    scale_d_model: PositiveFloat | None = 0.25
+    scale_n_heads: PositiveFloat | None = 0.25
+    scale_d_ff: PositiveFloat | None = 0.25
+    scale_e_layers: PositiveFloat | None = 0.25
     stochastic: bool = False  # --draft_stochastic: mean + log-variance heads, Gaussian NLL loss
-    var_reg: float = 0.0  # --draft_nll_var_reg: var_reg * mean(relu(-logvar - 5))
-    teacher_noise: float = 0.0  # --draft_teacher_noise: teacher targets + noise * N(0, 1)
-    teacher_dropout: float = 0.0  # --draft_teacher_dropout: > 0 runs the teacher with dropout
+    var_reg: NonNegative = 0.0  # --draft_nll_var_reg: var_reg * mean(relu(-logvar - 5))
+    teacher_noise: NonNegative = 0.0  # --draft_teacher_noise: teacher targets + noise * N(0, 1)
+    # --draft_teacher_dropout: > 0 runs the teacher with dropout at this rate
+    teacher_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     init_from: str | None = None  # a pretrained draft (jaxts directory or .pth) to start from
 
-    def __post_init__(self):
-        if self.teacher_format not in TEACHER_FORMATS:
-            raise ConfigError(
-                f"distill.teacher_format must be one of {list(TEACHER_FORMATS)}, "
-                f"got {self.teacher_format!r}"
-            )
-        for name in ("scale_d_model", "scale_n_heads", "scale_d_ff", "scale_e_layers"):
-            v = getattr(self, name)
-            if v is not None and not (v > 0 and math.isfinite(v)):
-                raise ConfigError(f"distill.{name} must be positive or null, got {v}")
-        for name in ("var_reg", "teacher_noise"):
-            v = getattr(self, name)
-            if not (v >= 0 and math.isfinite(v)):
-                raise ConfigError(f"distill.{name} must be >= 0, got {v}")
-        if not 0.0 <= self.teacher_dropout < 1.0:
-            raise ConfigError(
-                f"distill.teacher_dropout must be in [0, 1), got {self.teacher_dropout}"
-            )
 
-
-@dataclasses.dataclass(frozen=True)
-class ChronosModelSection:
-    """The ``model`` section of a Chronos-T5 run (``name: chronos_t5``), flat: the T5 shape and
-    the tokenizer / sampling settings. Defaults are amazon/chronos-t5-tiny's.
-    :meth:`build` gives the :class:`~jaxts.models.chronos_t5.ChronosT5Config` (T5 ``vocab_size``
-    is ``n_tokens``; pad 0, EOS 1, decoder start 0, tied embeddings, as every Chronos-T5)."""
-
-    d_model: int = 256
-    d_kv: int = 64
-    d_ff: int = 1024
-    num_layers: int = 4
-    num_decoder_layers: int = 4
-    num_heads: int = 4
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    dropout_rate: float = 0.1
-    feed_forward_proj: str = "relu"
-    initializer_factor: float = 0.05
-    n_tokens: int = 4096
-    low_limit: float = -15.0
-    high_limit: float = 15.0
-    context_length: int = 512
-    prediction_length: int = 64
-    num_samples: int = 20
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-
-    def __post_init__(self):
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ConfigError(f"model.dropout_rate must be in [0, 1), got {self.dropout_rate}")
-        self.build()  # T5Config / ChronosConfig validate the rest (ValueError)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ChronosModelSection:
-        return cls(**d)
-
-    def build(self):
-        from jaxts.models.chronos_t5 import ChronosT5Config
-        from jaxts.models.chronos_tokenizer import ChronosConfig
-        from jaxts.models.t5 import T5Config
-
-        t5 = {f.name: getattr(self, f.name) for f in dataclasses.fields(T5Config)
-              if hasattr(self, f.name)}  # fmt: skip
-        chronos = {f.name: getattr(self, f.name) for f in dataclasses.fields(ChronosConfig)
-                   if hasattr(self, f.name)}  # fmt: skip
-        return ChronosT5Config(
-            t5=T5Config(vocab_size=self.n_tokens, **t5),
-            chronos=ChronosConfig(
-                tokenizer_kwargs={"low_limit": self.low_limit, "high_limit": self.high_limit},
-                **chronos,
-            ),
-        )
-
-
-CHRONOS_SCHEDULES = ("linear", "cosine", "constant")
-
-
-@dataclasses.dataclass(frozen=True)
-class ChronosTrainConfig:
-    """Chronos pre-training / fine-tuning on random windows (``train.chronos``).
+class ChronosT5TrainConfig(_Section):
+    """Chronos-T5 pre-training / fine-tuning on random windows (``train.chronos_t5``).
 
     An "epoch" is ``steps_per_epoch`` optimizer steps; the run is ``optim.train_epochs`` of
     them. The learning rate follows ``schedule`` per step (peak ``optim.learning_rate`` after
@@ -210,226 +143,195 @@ class ChronosTrainConfig:
     """
 
     # Series sources: ETT / weather names (train split, every column) and 'm4_hourly'.
-    datasets: tuple[str, ...] = ("ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather", "m4_hourly")
-    steps_per_epoch: int = 500
-    min_past: int = 60  # observed values before a window's forecast start (Chronos' min_past)
-    schedule: str = "linear"  # per-step decay to 0 after warmup (HF lr_scheduler_type)
-    warmup_steps: int = 0
-    grad_clip: float = 1.0  # HF Trainer max_grad_norm; 0 = off
-    init_from: str | None = None  # fine-tune: an HF Chronos dir / hub id or a jaxts model dir
+    datasets: tuple[str, ...] = (
+        "ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather", "m4_hourly",
+    )  # fmt: skip
+    steps_per_epoch: Positive = 500
+    min_past: Positive = 60  # observed values before a window's forecast start (Chronos' min_past)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"  # per-step, after warmup
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    grad_clip: NonNegative = 1.0  # HF Trainer max_grad_norm; 0 = off
+    # Fine-tune from an HF Chronos dir / hub id or a jaxts model dir: its weights initialise the
+    # model section's model (same parameter shapes), or give the model when the section is absent.
+    init_from: str | None = None
 
-    def __post_init__(self):
-        if not self.datasets:
-            raise ConfigError("chronos.datasets must name at least one source")
-        if self.schedule not in CHRONOS_SCHEDULES:
-            raise ConfigError(
-                f"chronos.schedule must be one of {list(CHRONOS_SCHEDULES)}, got {self.schedule!r}"
-            )
-        if self.steps_per_epoch <= 0 or self.min_past <= 0:
-            raise ConfigError("chronos.steps_per_epoch and chronos.min_past must be positive")
-        if self.warmup_steps < 0 or not self.grad_clip >= 0:
-            raise ConfigError("chronos.warmup_steps and chronos.grad_clip must be >= 0")
+    _datasets_in = pydantic.field_validator("datasets", mode="before")(_one_or_many)
+    _datasets_out = pydantic.field_validator("datasets")(_not_empty)
 
 
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """A whole run. ``model`` holds the model's own config fields plus ``name``. ``distill`` is
-    present only in distillation configs (None otherwise, and then left out of ``to_dict``);
-    ``chronos`` likewise only in ``train.chronos`` configs."""
+def _family_section(name: str) -> type[pydantic.BaseModel]:
+    """The ``model`` section of family ``name``: its config's fields plus ``name``."""
+    base = config_model(FAMILIES[name].config_class())
+    return pydantic.create_model(
+        f"{base.__dataclass__.__name__}Section", __base__=base, name=(Literal[name], name)
+    )
 
-    model: dict[str, Any]
-    data: DataConfig
-    optim: OptimConfig
-    run: RunSection
+
+_MODEL_SECTIONS = {name: _family_section(name) for name in FAMILIES}
+ModelSection = Annotated[Union[tuple(_MODEL_SECTIONS.values())], Field(discriminator="name")]  # noqa: UP007
+
+
+class RunConfig(_Section):
+    """A whole run. ``model`` is None only where the trainer can read it from a checkpoint (a
+    distillation's jaxts teacher, a Chronos fine-tune's ``init_from``); ``distill`` and
+    ``chronos_t5`` are None unless given (and then left out of :meth:`to_dict`)."""
+
+    model: ModelSection | None = None
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunSection = RunSection()
     distill: DistillConfig | None = None
-    chronos: ChronosTrainConfig | None = None
+    chronos_t5: ChronosT5TrainConfig | None = None
+
+    @pydantic.field_validator("model", mode="before")
+    @classmethod
+    def _default_family(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "name" not in value:
+            return {"name": DEFAULT_FAMILY, **value}
+        return value
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["run"]["horizons"] = list(self.run.horizons)
-        if self.distill is None:
-            del out["distill"]
-        if self.chronos is None:
-            del out["chronos"]
-        else:
-            out["chronos"]["datasets"] = list(self.chronos.datasets)
+        out = self.model_dump(mode="json")
+        for key in ("model", *RECIPE_SECTIONS):
+            if out[key] is None:
+                del out[key]
+        if "model" in out:  # the family first, as a reader looks for it
+            out["model"] = {"name": out["model"].pop("name"), **out["model"]}
         return out
 
 
-_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "run": RunSection}
-
-
-def _model_class(name: str):
-    """The config dataclass of a model name (imported lazily: the model pulls in JAX)."""
-    if name == "timer_xl":
-        from jaxts.models.timer_xl import TimerXLConfig
-
-        return TimerXLConfig
-    if name == "chronos_t5":
-        return ChronosModelSection
-    raise ConfigError(f"model.name must be one of {list(MODEL_NAMES)}, got {name!r}")
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against annotation ``tp``; convert the few lossless cases YAML needs.
-
-    PyYAML (YAML 1.1) reads ``1e-4`` as a *string*, so strings are accepted for floats when
-    they parse; ints are accepted for floats; lists for tuples. Anything else is an error.
-    """
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is tuple:
-        (elem, *_rest) = typing.get_args(tp)
-        if isinstance(value, int | float | str) and not isinstance(value, bool):
-            value = [value]  # `--set run.horizons=96` means one horizon
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(v, elem, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is Any:
-        return value
-    name = getattr(tp, "__name__", str(tp))
-    raise ConfigError(f"{where}: expected {name}, got {value!r} ({type(value).__name__})")
-
-
-def _build(cls, section: str, raw: Any, errors: list[str]):
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        errors.append(f"section '{section}' must be a mapping, got {type(raw).__name__}")
-        return None
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        errors.append(
-            f"unknown keys in '{section}': {', '.join(unknown)} (known: {', '.join(known)})"
-        )
-        return None
-    kwargs = {}
-    for key, value in raw.items():
-        try:
-            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
-        except ConfigError as e:
-            errors.append(str(e))
-    if len(kwargs) != len(raw):
-        return None
-    try:
-        return cls(**kwargs)
-    except (ConfigError, ValueError, TypeError) as e:
-        errors.append(f"{section}: {e}")
-        return None
+def model_section(config) -> pydantic.BaseModel:
+    """The ``model`` section holding model config ``config`` (e.g. a teacher's, read from its
+    checkpoint), to put into a RunConfig with :func:`updated`."""
+    name = next(n for n, f in FAMILIES.items() if type(config) is f.config_class())
+    return _MODEL_SECTIONS[name].model_validate({"name": name, **config.to_dict()})
 
 
 def model_config(cfg: RunConfig):
-    """The model's config object (a ``TimerXLConfig``, a ``ChronosT5Config``) from ``cfg.model``."""
-    fields = dict(cfg.model)
-    cls = _model_class(fields.pop("name", "timer_xl"))
-    out = cls.from_dict(fields)
-    return out.build() if isinstance(out, ChronosModelSection) else out
+    """The model's config dataclass (a ``TimerXLConfig``, a ``ChronosT5Config``) of ``cfg``."""
+    if cfg.model is None:
+        raise ConfigError("the run config has no model section")
+    return build(FAMILIES[cfg.model.name].config_class(), cfg.model)
 
 
-def config_from_dict(raw: Any) -> RunConfig:
-    """Validate a nested mapping; all problems are collected and raised as one ConfigError."""
+def _relocated(err: pydantic.ValidationError) -> pydantic.ValidationError:
+    """``err`` with the discriminator tag taken out of the model section's paths: pydantic says
+    ``model.chronos_t5.t5.d_model`` where the file has ``model.t5.d_model``."""
+    details = []
+    for e in err.errors():
+        loc, value = e["loc"], e["input"]
+        if loc[:1] == ("model",) and len(loc) > 1 and loc[1] in FAMILIES:
+            loc = ("model", *loc[2:])
+        elif loc == ("model",) and e["type"] == "union_tag_invalid":
+            loc, value = ("model", "name"), e["ctx"]["tag"]
+        details.append({"type": e["type"], "loc": loc, "input": value, "ctx": e.get("ctx", {})})
+    return pydantic.ValidationError.from_exception_data(err.title, details)
+
+
+def config_from_dict(raw: Any, source: str = "run config") -> RunConfig:
+    """Validate a nested mapping; every problem is listed in one ConfigError (one line)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"a run config must be a mapping, got {type(raw).__name__}")
-    errors: list[str] = []
-    unknown = sorted(set(raw) - {"model", *_SECTIONS, "distill", "chronos"})
-    if unknown:
-        errors.append(
-            f"unknown sections: {', '.join(map(str, unknown))} "
-            f"(known: model, {', '.join(_SECTIONS)}, distill, chronos)"
-        )
-    sections = {name: _build(cls, name, raw.get(name), errors) for name, cls in _SECTIONS.items()}
-    if "distill" in raw:
-        sections["distill"] = _build(DistillConfig, "distill", raw["distill"], errors)
-    if "chronos" in raw:
-        sections["chronos"] = _build(ChronosTrainConfig, "chronos", raw["chronos"], errors)
+        raise ConfigError(f"{source}: a run config must be a mapping, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except pydantic.ValidationError as e:
+        raise ConfigError(f"{source}: " + "; ".join(format_errors(_relocated(e)))) from None
 
-    model_raw = raw.get("model") or {}
-    model: dict[str, Any] | None = None
-    if not isinstance(model_raw, dict):
-        errors.append(f"section 'model' must be a mapping, got {type(model_raw).__name__}")
-    else:
-        fields = dict(model_raw)
-        name = fields.pop("name", "timer_xl")
-        try:
-            mcls = _model_class(name)
-            built = _build(mcls, "model", fields, errors)
-            if built is not None:
-                model = {"name": name, **dataclasses.asdict(built)}
-        except ConfigError as e:
-            errors.append(str(e))
-    if errors:
-        raise ConfigError("invalid run config:\n  " + "\n  ".join(errors))
-    return RunConfig(model=model, **sections)
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-4`` (no dot) is a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML text; a syntax error is one ConfigError line naming ``source`` and where."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+
+
+def _set(raw: dict[str, Any], key: str, value: Any, what: str) -> None:
+    """``raw[a][b]... = value`` for dotted ``key``, creating missing mappings."""
+    *parents, last = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if child is None:  # an empty section in YAML (`distill:`)
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: {'.'.join(parents[: i + 1])} is not a mapping")
+        node = child
+    node[last] = value
+
+
+def _copy(raw: Any) -> Any:
+    return {k: _copy(v) for k, v in raw.items()} if isinstance(raw, dict) else raw
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings to a raw nested mapping (values parsed as YAML)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    """Apply ``section.key[.key...]=value`` strings to a raw nested mapping (values parsed as
+    YAML); returns a new mapping."""
+    out = _copy(raw)
     for item in overrides or []:
         key, sep, text = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or len(parts) != 2 or not all(parts):
+        key = key.strip()
+        if not sep or "." not in key or not all(key.split(".")):
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        section, name = parts
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
-        sec = out.setdefault(section, {})
-        if not isinstance(sec, dict):
-            raise ConfigError(f"--set {item!r}: section {section!r} is not a mapping")
-        sec[name] = value
+        value = load_yaml(text, f"--set {item!r}") if text.strip() else None
+        _set(out, key, value, f"--set {item!r}")
     return out
+
+
+def updated(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """``cfg`` with dotted keys set (``{"run.out_dir": path}``; a value may be a section such
+    as :func:`model_section`'s), validated again. Values are taken as given, never YAML-parsed:
+    a path may look like a number or null."""
+    raw = cfg.to_dict()
+    for key, value in values.items():
+        if isinstance(value, pydantic.BaseModel):
+            value = value.model_dump(mode="json")
+        _set(raw, key, value, key)
+    return config_from_dict(raw)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config (``None``: all defaults), apply overrides, validate."""
     raw: Any = {}
+    source = "run config"
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+        source = str(path)
+        raw = load_yaml(path.read_text(), source)
+        if raw is None:
+            raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a run config must be a mapping")
-    return config_from_dict(apply_overrides(raw, overrides))
+    return config_from_dict(apply_overrides(raw, overrides), source)
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config (defaults filled in, overrides applied) as YAML."""
     with open(path, "w") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+
+
+def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists kept whole)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out

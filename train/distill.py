@@ -4,7 +4,7 @@
 [--data-dir DIR] [--out DIR] [--teacher PATH] [--init-from DIR]`` reproduces the distillation
 branch of STRIDE's ``exp_forecast.train`` (``run.py --distill``):
 
-* the teacher (a trained target: a jaxts model directory such as ``train.target``'s
+* the teacher (a trained target: a jaxts model directory such as ``train.timer_xl``'s
   ``RUN/best``, or an OpenLTM/STRIDE ``checkpoint.pth``) is frozen; its forecasts of every
   token's next patch, ``teacher(x)`` ``[B, N*P_out, C]``, are the targets;
 * the student is ``draft_config(teacher, scale_*, stochastic=...)``, fresh or initialised from a
@@ -16,7 +16,10 @@ branch of STRIDE's ``exp_forecast.train`` (``run.py --distill``):
 * validation (early stopping, best model) is the MSE of the draft's mean against the data, as
   STRIDE's ``vali``; every epoch also logs the draft's calibration against the teacher.
 
-The ``model`` section describes the teacher. Outputs in ``--out``: ``best/`` (the draft),
+The ``model`` section describes the teacher: read from a jaxts teacher's checkpoint when left
+out (given, it must agree), required for an OpenLTM ``.pth`` teacher, which does not record
+``use_norm`` etc.; the run's ``config.yaml`` records the resolved teacher config. Outputs in
+``--out``: ``best/`` (the draft),
 ``metrics.jsonl``, ``metrics_val.json`` (calibration of the best draft on the val split) and
 ``metrics_test.json`` (its rolling test MSE/MAE). See ``docs/distill.md``.
 
@@ -26,22 +29,18 @@ Re-running the same command with the same ``--out`` resumes an interrupted run.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxts.models.timer_xl import TimerXL, TimerXLConfig, draft_config
-from train.config import ConfigError, DistillConfig, RunConfig, dump_config, load_config
-from train.config import model_config as _model_config
-from train.trainer import masked_gaussian_nll, masked_mean, masked_mse
+from train.calibration import calibrate, flat_calibration, teacher_forecast
+from train.config import ConfigError, DistillConfig, RunConfig, model_config, model_section, updated
+from train.losses import distill_objective, next_patch_mean_mse
 
 __all__ = [
     "ContextOnly",
@@ -49,70 +48,12 @@ __all__ = [
     "DistillSetup",
     "Student",
     "build",
-    "calibrate",
-    "calibration_metrics",
-    "calibration_sums",
-    "distill_objective",
     "load_teacher",
     "main",
+    "resolve_teacher",
     "run",
     "student_config",
-    "teacher_forecast",
-    "val_mean_mse",
-    "variance_penalty",
 ]
-
-LOGVAR_FLOOR = -5.0  # STRIDE's variance regulariser penalises logvar below this
-LOG_2PI = math.log(2.0 * math.pi)
-
-
-# ---- losses ------------------------------------------------------------------------------------
-
-
-def variance_penalty(logvar: jax.Array, mask: jax.Array) -> jax.Array:
-    """STRIDE's collapse guard ``mean(relu(-logvar - 5))`` over the valid examples' elements."""
-    return masked_mean(jax.nn.relu(LOGVAR_FLOOR - logvar), mask)
-
-
-def distill_objective(out, target: jax.Array, mask: jax.Array, var_reg: float = 0.0) -> jax.Array:
-    """The draft's loss against teacher targets ``[B, T, C]``. ``out``: a ``(mean, logvar)`` pair
-    (stochastic draft: Gaussian NLL + ``var_reg`` * variance penalty) or an array (MSE)."""
-    if isinstance(out, tuple):
-        mean, logvar = out
-        loss = masked_gaussian_nll(mean, logvar, target, mask)
-        if var_reg > 0:
-            loss = loss + var_reg * variance_penalty(logvar, mask)
-        return loss
-    return masked_mse(out, target, mask)
-
-
-def _is_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def teacher_forecast(graphdef, state, x, key=None, noise: float = 0.0) -> jax.Array:
-    """The frozen teacher's forecast of every token's next patch ``[B, N*P_out, C]`` (its mean
-    when the teacher is stochastic), with gradients stopped.
-
-    ``state = (params, rest)`` from ``nnx.split(teacher, nnx.Param, ...)``; ``graphdef`` picks
-    eval or train mode (teacher dropout). ``key`` makes the randomness explicit: its first half
-    re-keys every dropout stream of the teacher (each stream's own key folded with fresh bits,
-    so layers stay independent), its second half draws the ``noise * N(0, 1)`` target noise.
-    Without ``key`` the teacher runs as given (eval mode: deterministic) and no noise is added.
-    """
-    params, rest = state
-    if key is not None:
-        k_drop, k_noise = jax.random.split(key)
-        bits = jax.random.bits(k_drop, (), jnp.uint32)
-        rest = jax.tree.map(lambda v: jax.random.fold_in(v, bits) if _is_key(v) else v, rest)
-    teacher = nnx.merge(graphdef, params, rest)
-    out = teacher(x)
-    if isinstance(out, tuple):  # a stochastic teacher: distil its mean
-        out = out[0]
-    out = jax.lax.stop_gradient(out)
-    if key is not None and noise > 0:
-        out = out + noise * jax.random.normal(k_noise, out.shape, out.dtype)
-    return out
 
 
 class Student(nnx.Module):
@@ -141,16 +82,6 @@ class DistillLoss:
         return distill_objective(student.draft(x), target, mask, self.var_reg)
 
 
-def val_mean_mse(student, batch, mask, aux=None) -> jax.Array:
-    """STRIDE's validation: MSE of the draft's (mean) forecast against the data ``y`` (the last
-    token's patch with ``valid_last``, else every token's)."""
-    x, y = batch
-    draft = student.draft if isinstance(student, Student) else student
-    out = draft(x)
-    mean = out[0] if isinstance(out, tuple) else out
-    return masked_mse(mean[:, -y.shape[1] :], y, mask)
-
-
 class ContextOnly:
     """Training batches ``(x,)``: the distillation targets come from the teacher, not ``y``."""
 
@@ -164,113 +95,6 @@ class ContextOnly:
         return (self.windows.batch(idx)[0],)
 
 
-# ---- calibration -------------------------------------------------------------------------------
-
-
-def calibration_sums(mean, logvar, teacher, mask, y=None) -> dict[str, jax.Array]:
-    """Per-batch sums over the valid examples' elements (``[B, T, C]`` arrays, mask ``[B]``).
-
-    Draft vs teacher: squared / absolute error and, with a ``logvar``, the Gaussian NLL of the
-    teacher's value (with the ``log(2 pi)`` constant), how many teacher values lie within 1 and
-    2 sigma of the mean, and the sum of sigma. With ``y``: the draft's and the teacher's squared
-    and absolute errors against the data.
-    """
-    m = mask.reshape((-1,) + (1,) * (mean.ndim - 1))
-
-    def total(v):
-        return jnp.sum(jnp.where(m, v, 0.0))
-
-    err = mean - teacher
-    out = {
-        "n": jnp.sum(mask) * (mean.size // mean.shape[0]),
-        "sq": total(jnp.square(err)),
-        "abs": total(jnp.abs(err)),
-    }
-    if logvar is not None:
-        sigma = jnp.exp(0.5 * logvar)
-        z = jnp.abs(err) / sigma
-        out["nll"] = total(0.5 * (LOG_2PI + logvar + jnp.square(z)))
-        out["in1"] = total((z <= 1.0).astype(jnp.float32))
-        out["in2"] = total((z <= 2.0).astype(jnp.float32))
-        out["sigma"] = total(sigma)
-    if y is not None:
-        out["sq_data"] = total(jnp.square(mean - y))
-        out["abs_data"] = total(jnp.abs(mean - y))
-        out["sq_teacher"] = total(jnp.square(teacher - y))
-        out["abs_teacher"] = total(jnp.abs(teacher - y))
-    return out
-
-
-def calibration_metrics(sums: dict[str, float]) -> dict[str, Any]:
-    """Means from (accumulated) :func:`calibration_sums`."""
-    n = float(sums["n"])
-    res: dict[str, Any] = {
-        "draft_vs_teacher": {"mse": sums["sq"] / n, "mae": sums["abs"] / n},
-    }
-    if "nll" in sums:
-        res["draft_vs_teacher"].update(
-            nll=sums["nll"] / n,
-            cover_1sigma=sums["in1"] / n,
-            cover_2sigma=sums["in2"] / n,
-            mean_sigma=sums["sigma"] / n,
-        )
-    if "sq_data" in sums:
-        res["draft_vs_data"] = {"mse": sums["sq_data"] / n, "mae": sums["abs_data"] / n}
-        res["teacher_vs_data"] = {"mse": sums["sq_teacher"] / n, "mae": sums["abs_teacher"] / n}
-    return res
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _calibration_batch(draft_graphdef, teacher_graphdef, draft_state, teacher_state, x, y, mask):
-    model = nnx.merge(draft_graphdef, *draft_state)
-    draft = model.draft if isinstance(model, Student) else model
-    out = draft(x)
-    h = y.shape[1]
-    mean, logvar = (
-        (out[0][:, -h:], out[1][:, -h:]) if isinstance(out, tuple) else (out[:, -h:], None)
-    )
-    teacher = teacher_forecast(teacher_graphdef, teacher_state, x)[:, -h:]
-    return calibration_sums(mean, logvar, teacher, mask, y)
-
-
-def calibrate(
-    draft_graphdef, draft_state, teacher_graphdef, teacher_state, data, batch_size: int, put=None
-) -> dict[str, Any]:
-    """The draft's calibration against the teacher over a whole split (both in eval mode, no
-    teacher noise): :func:`calibration_metrics` of ``data``'s ``(x, y)`` batches (``y``'s length
-    picks the tokens: the last patch with ``LastPatch``). ``draft_graphdef``/``draft_state``: an
-    eval-mode split of a ``Student`` or a ``TimerXL`` (``(params, rest)``). ``put(batch, mask)``
-    places a batch (e.g. the trainer's data sharding); padding rows are masked out."""
-    from jaxts.data import pad_batch
-
-    pending = []
-    n = len(data)
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, min(start + batch_size, n))
-        batch, mask = pad_batch(data.batch(idx), batch_size)
-        if put is not None:
-            batch, mask = put(batch, mask)
-        x, y = batch
-        pending.append(
-            _calibration_batch(
-                draft_graphdef, teacher_graphdef, draft_state, teacher_state, x, y, mask
-            )
-        )
-    totals: dict[str, float] = {}
-    for sums in jax.device_get(pending):
-        for k, v in sums.items():
-            totals[k] = totals.get(k, 0.0) + float(np.float64(v))
-    return calibration_metrics(totals)
-
-
-def _flat_calibration(metrics: dict[str, Any]) -> dict[str, float]:
-    """The per-epoch metrics.jsonl fields of :func:`calibrate`'s result."""
-    names = {"mse": "vs_teacher_mse", "mae": "vs_teacher_mae", "nll": "vs_teacher_nll",
-             "cover_1sigma": "cover_1sigma", "cover_2sigma": "cover_2sigma",
-             "mean_sigma": "mean_sigma"}  # fmt: skip
-    return {names[k]: float(v) for k, v in metrics["draft_vs_teacher"].items()}
-
-
 # ---- models ------------------------------------------------------------------------------------
 
 
@@ -279,10 +103,12 @@ def _config_diff(want: TimerXLConfig, got: TimerXLConfig) -> list[str]:
     return [f"{k}: {b.get(k)!r} (expected {a.get(k)!r})" for k in a if a.get(k) != b.get(k)]
 
 
-def load_teacher(path: str | Path | None, expected: TimerXLConfig, fmt: str = "auto") -> TimerXL:
+def load_teacher(
+    path: str | Path | None, expected: TimerXLConfig | None = None, fmt: str = "auto"
+) -> TimerXL:
     """The teacher: a jaxts model directory (its config must equal ``expected``, the run's
-    ``model`` section) or an OpenLTM/STRIDE ``.pth`` read with ``expected`` as its config (the
-    section supplies what a state dict does not record, e.g. ``use_norm``)."""
+    ``model`` section, when that is given) or an OpenLTM/STRIDE ``.pth`` read with ``expected``
+    as its config (the section supplies what a state dict does not record, e.g. ``use_norm``)."""
     if not path:
         raise ConfigError(
             "distill.teacher is not set: give the trained target (a jaxts model directory such "
@@ -297,29 +123,54 @@ def load_teacher(path: str | Path | None, expected: TimerXLConfig, fmt: str = "a
         )
     if fmt == "auto":
         fmt = "jaxts" if p.is_dir() else "openltm"
-    hint = "the model section must describe the teacher (--set model.KEY=VALUE)"
+    hint = "the model section must describe the teacher (or leave it out for a jaxts teacher)"
     return _load_checked(p, expected, "teacher", hint, jaxts_dir=fmt == "jaxts")
 
 
-def _load_checked(p: Path, cfg: TimerXLConfig, what: str, hint: str, *, jaxts_dir: bool):
-    """A model from a jaxts directory (its config must equal ``cfg``) or an OpenLTM/STRIDE
-    ``.pth`` read with ``cfg`` as its config; mismatches are ConfigErrors naming ``what``."""
+def _load_checked(
+    p: Path, cfg: TimerXLConfig | None, what: str, hint: str, *, jaxts_dir: bool
+) -> TimerXL:
+    """A Timer-XL from a jaxts directory (its config must equal ``cfg`` unless None) or an
+    OpenLTM/STRIDE ``.pth`` read with ``cfg`` as its config; mismatches are ConfigErrors naming
+    ``what``."""
     if jaxts_dir:
         from jaxts.checkpoint import load_model, read_config
 
         if not (p / "config.json").is_file():
             raise ConfigError(f"{what} {p} is not a jaxts model directory (no config.json)")
-        _, got, _ = read_config(p)
-        diff = _config_diff(cfg, got)
+        name, got, _ = read_config(p)
+        if name != "timer_xl":
+            raise ConfigError(f"{what} {p} holds a {name} checkpoint; expected timer_xl")
+        diff = [] if cfg is None else _config_diff(cfg, got)
         if diff:
             raise ConfigError(f"{what} {p} does not match ({'; '.join(diff)}); {hint}")
-        return load_model(p)
+        return load_model(p, family="timer_xl")
+    if cfg is None:
+        raise ConfigError(
+            f"{what} {p} is an OpenLTM checkpoint, which does not record the model's config "
+            "(use_norm, activation, covariate): give it as the run config's model section"
+        )
     from bridges.timer_xl import from_openltm
 
     try:
         return from_openltm(p, config=cfg)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise ConfigError(f"{what} {p}: not loadable as a Timer-XL with config {cfg}: {e}") from e
+
+
+def resolve_teacher(cfg: RunConfig) -> tuple[RunConfig, TimerXL]:
+    """The loaded teacher and ``cfg`` with its config as the ``model`` section (the section
+    may be left out for a jaxts teacher, whose checkpoint records it)."""
+    d = cfg.distill if cfg.distill is not None else DistillConfig()
+    expected = None
+    if cfg.model is not None:
+        expected = model_config(cfg)
+        if not isinstance(expected, TimerXLConfig):
+            raise ConfigError(f"train.distill distils a timer_xl teacher, not {cfg.model.name}")
+    teacher = load_teacher(d.teacher, expected, d.teacher_format)
+    if cfg.model is None:
+        cfg = updated(cfg, {"model": model_section(teacher.config)})
+    return cfg, teacher
 
 
 def student_config(teacher: TimerXLConfig, d: DistillConfig) -> TimerXLConfig:
@@ -352,87 +203,102 @@ class DistillSetup:
     draft_config: TimerXLConfig
     teacher_eval: tuple  # (eval graphdef, (params, rest)) of the teacher
     val_data: Any  # (x, y) batches: LastPatch with valid_last, else all tokens
+    cfg: RunConfig  # the run config with the teacher's config as its model section
 
     def calibrate(self, model=None) -> dict[str, Any]:
         """Calibration on the val split: of the trainer's current state (default) or of a
         ``TimerXL`` draft (e.g. the exported best)."""
         tr = self.trainer
         graphdef, state = self.teacher_eval
+        bs = tr.optim.batch_size
         if model is None:
             return calibrate(tr.eval_graphdef, (tr.params, tr.rest), graphdef, tr.aux,
-                             self.val_data, tr.cfg.batch_size, put=tr._shard)  # fmt: skip
+                             self.val_data, bs, put=tr._shard)  # fmt: skip
         model.eval()
         g, params, rest = nnx.split(model, nnx.Param, ...)
-        return calibrate(g, (params, rest), graphdef, state, self.val_data, tr.cfg.batch_size)
+        return calibrate(g, (params, rest), graphdef, state, self.val_data, bs)
 
 
-def build(cfg: RunConfig, *, devices=None, callback=None, verbose: bool = True) -> DistillSetup:
-    """Teacher, student, data and Trainer of a distillation config (nothing trained yet)."""
-    from train.target import LastPatch, n_params, next_patch_data, trainer_config
-    from train.trainer import Trainer
-
-    d_cfg = cfg.distill if cfg.distill is not None else DistillConfig()
-    try:
-        t_cfg = _model_config(cfg)
-    except ValueError as e:
-        raise ConfigError(f"model section: {e}") from e
-    d, o = cfg.data, cfg.optim
-    train_ds, val_ds = next_patch_data(cfg, t_cfg)
-    loaded = load_teacher(d_cfg.teacher, t_cfg, d_cfg.teacher_format)
-    s_cfg = student_config(t_cfg, d_cfg)
-    init = _load_init(d_cfg.init_from, s_cfg) if d_cfg.init_from else None
-
-    # The teacher, rebuilt with its dropout rate for teacher_dropout (a static attribute).
+def _frozen_teacher(loaded: TimerXL, d_cfg: DistillConfig, seed: int):
+    """The teacher rebuilt with its dropout rate for ``teacher_dropout`` (a static attribute):
+    (teacher, train-mode graphdef, eval-mode graphdef, params, rest)."""
+    t_cfg = loaded.config
     rate = d_cfg.teacher_dropout if d_cfg.teacher_dropout > 0 else t_cfg.dropout
     teacher = TimerXL(dataclasses.replace(t_cfg, dropout=rate),
-                      rngs=nnx.Rngs(params=0, dropout=o.seed + 3))  # fmt: skip
+                      rngs=nnx.Rngs(params=0, dropout=seed + 3))  # fmt: skip
     nnx.update(teacher, nnx.state(loaded, nnx.Param))
     teacher.train()
     t_train_gd, _, _ = nnx.split(teacher, nnx.Param, ...)
     teacher.eval()
     t_eval_gd, t_params, t_rest = nnx.split(teacher, nnx.Param, ...)
+    return teacher, t_train_gd, t_eval_gd, t_params, t_rest
+
+
+def _describe(cfg: RunConfig, train_ds, val_ds, teacher, draft, init) -> None:
+    from train.common import devices_line, n_params
+
+    t, s, d_cfg = teacher.config, draft.config, cfg.distill or DistillConfig()
+    print(
+        f"{cfg.data.dataset}: {len(train_ds)} train / {len(val_ds)} val windows, "
+        f"{train_ds.num_channels} variables; {devices_line()}\n"
+        f"teacher {d_cfg.teacher}: {n_params(teacher):,} parameters "
+        f"(d_model {t.d_model}, {t.n_heads} heads, d_ff {t.d_ff}, {t.e_layers} layers)\n"
+        f"draft{' (stochastic)' if s.stochastic else ''}: {n_params(draft):,} "
+        f"parameters (d_model {s.d_model}, {s.n_heads} heads, d_ff {s.d_ff}, "
+        f"{s.e_layers} layers)"
+        + (f", initialised from {d_cfg.init_from}" if init is not None else ", fresh"),
+        flush=True,
+    )
+    if not s.stochastic and d_cfg.var_reg > 0:
+        print("note: distill.var_reg has no effect on a deterministic draft", flush=True)
+
+
+def build(cfg: RunConfig, *, devices=None, callback=None, verbose: bool = True) -> DistillSetup:
+    """Teacher, student, data and Trainer of a distillation config (nothing trained yet)."""
+    from train.timer_xl import LastPatch, next_patch_data, optimizer
+    from train.trainer import Trainer
+
+    cfg, loaded = resolve_teacher(cfg)
+    d_cfg = cfg.distill if cfg.distill is not None else DistillConfig()
+    o = cfg.optim
+    t_cfg = loaded.config
+    train_ds, val_ds = next_patch_data(cfg, t_cfg)
+    s_cfg = student_config(t_cfg, d_cfg)
+    init = _load_init(d_cfg.init_from, s_cfg) if d_cfg.init_from else None
+    teacher, t_train_gd, t_eval_gd, t_params, t_rest = _frozen_teacher(loaded, d_cfg, o.seed)
 
     draft = TimerXL(s_cfg, rngs=nnx.Rngs(params=o.seed, dropout=o.seed + 1))
     if init is not None:
         nnx.update(draft, nnx.state(init, nnx.Param))
     student = Student(draft, seed=o.seed + 2)
-
     val_data = LastPatch(val_ds) if o.valid_last else val_ds
     if verbose:
-        print(
-            f"{d.dataset}: {len(train_ds)} train / {len(val_ds)} val windows, "
-            f"{train_ds.num_channels} variables; {jax.device_count()} "
-            f"{jax.default_backend()} device(s)\n"
-            f"teacher {d_cfg.teacher}: {n_params(teacher):,} parameters "
-            f"(d_model {t_cfg.d_model}, {t_cfg.n_heads} heads, d_ff {t_cfg.d_ff}, "
-            f"{t_cfg.e_layers} layers)\n"
-            f"draft{' (stochastic)' if s_cfg.stochastic else ''}: {n_params(draft):,} "
-            f"parameters (d_model {s_cfg.d_model}, {s_cfg.n_heads} heads, d_ff {s_cfg.d_ff}, "
-            f"{s_cfg.e_layers} layers)"
-            + (f", initialised from {d_cfg.init_from}" if init is not None else ", fresh"),
-            flush=True,
-        )
-        if not s_cfg.stochastic and d_cfg.var_reg > 0:
-            print("note: distill.var_reg has no effect on a deterministic draft", flush=True)
+        _describe(cfg, train_ds, val_ds, teacher, draft, init)
 
     loss = DistillLoss(
         t_train_gd if d_cfg.teacher_dropout > 0 else t_eval_gd,
         var_reg=float(d_cfg.var_reg),
         teacher_noise=float(d_cfg.teacher_noise),
     )
-    setup = DistillSetup(None, teacher, t_cfg, s_cfg, (t_eval_gd, (t_params, t_rest)), val_data)
+    setup = DistillSetup(
+        None, teacher, t_cfg, s_cfg, (t_eval_gd, (t_params, t_rest)), val_data, cfg
+    )
+    tx, schedule = optimizer(cfg, len(train_ds))
     setup.trainer = Trainer(
         student,
-        trainer_config(cfg),
         loss,
         ContextOnly(train_ds),
         val_data,
-        val_mean_mse,
+        next_patch_mean_mse,
+        optim=o,
+        run=cfg.run,
+        tx=tx,
+        schedule=schedule,
         devices=devices,
         export_best=lambda m, directory: _save_draft(m.draft, directory),
         callback=callback,
         aux=(t_params, t_rest),
-        epoch_metrics=lambda tr: _flat_calibration(setup.calibrate()),
+        epoch_metrics=lambda tr: flat_calibration(setup.calibrate()),
     )
     return setup
 
@@ -454,29 +320,14 @@ def _epoch_lines(path: Path) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("event") == "epoch"]
 
 
-def run(cfg: RunConfig) -> dict:
-    """Distil, then evaluate the best draft. Returns ``{"val": metrics_val.json's content,
-    "test": metrics_test.json's content (rolling MSE/MAE per horizon and avg)}``."""
-    from jaxts.checkpoint import load_model
-    from train.target import _check_resume_compatible, evaluate_test, fit_and_report
-
-    if cfg.distill is None:
-        raise ConfigError("a distillation config needs a 'distill' section (at least teacher)")
-    out = Path(cfg.run.out_dir)
-    setup = build(cfg)
-    _check_resume_compatible(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    result = fit_and_report(setup.trainer, "distillation")
-
-    best = load_model(out / "best")
-    val = setup.calibrate(best)
+def _write_val_metrics(setup: DistillSetup, best: TimerXL, result, out: Path) -> dict:
+    """``metrics_val.json``: the best draft's calibration on the val split, printed too."""
     val = {
         "split": "val",
-        "tokens": "last" if cfg.optim.valid_last else "all",
+        "tokens": "last" if setup.cfg.optim.valid_last else "all",
         "windows": len(setup.val_data),
         "best_val_loss": result.best_val,
-        **val,
+        **setup.calibrate(best),
         "per_epoch": [
             {k: r[k] for k in r if k in _EPOCH_KEYS} for r in _epoch_lines(out / "metrics.jsonl")
         ],
@@ -491,8 +342,25 @@ def run(cfg: RunConfig) -> dict:
         f"{val['teacher_vs_data']['mse']:.4f}"
     )
     print(f"wrote {out / 'metrics_val.json'}", flush=True)
+    return val
 
-    test = evaluate_test(best, cfg, out, " of the draft")
+
+def run(cfg: RunConfig) -> dict:
+    """Distil, then evaluate the best draft. Returns ``{"val": metrics_val.json's content,
+    "test": metrics_test.json's content (rolling MSE/MAE per horizon and avg)}``."""
+    from jaxts.checkpoint import load_model
+    from train.common import check_sections, evaluate_test, fit_and_report, prepare_run_dir
+
+    check_sections(cfg, "python -m train.distill", own="distill")
+    if cfg.distill is None:
+        raise ConfigError("a distillation config needs a 'distill' section (at least teacher)")
+    setup = build(cfg)
+    out = prepare_run_dir(setup.cfg)
+    result = fit_and_report(setup.trainer, "distillation")
+
+    best = load_model(out / "best", family="timer_xl")
+    val = _write_val_metrics(setup, best, result, out)
+    test = evaluate_test(best, setup.cfg, out, " of the draft")
     teacher_test = Path(str(cfg.distill.teacher)).parent / "metrics_test.json"
     if teacher_test.is_file():
         try:
@@ -500,12 +368,12 @@ def run(cfg: RunConfig) -> dict:
             print(f"teacher ({teacher_test}): avg mse {avg['mse']:.6f} mae {avg['mae']:.6f}")
         except (ValueError, KeyError, TypeError):
             pass
-    print(f"wrote {out / 'metrics_test.json'}", flush=True)
     return {"val": val, "test": test}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.target import cli_parser, exit_code, with_cli_paths
+    from jaxts._cli import exit_code
+    from train.common import cli_parser, load_run_config
 
     parser = cli_parser(
         "python -m train.distill",
@@ -517,18 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         "--init-from", default=None, help="pretrained draft to start from (distill.init_from)"
     )
     args = parser.parse_args(argv)
-
-    # Paths are passed as strings (never YAML-parsed: a path may look like a number or null).
-    def job():
-        cfg = load_config(args.config, args.overrides)
-        dist = cfg.distill if cfg.distill is not None else DistillConfig()
-        if args.teacher is not None:
-            dist = dataclasses.replace(dist, teacher=args.teacher)
-        if args.init_from is not None:
-            dist = dataclasses.replace(dist, init_from=args.init_from)
-        run(with_cli_paths(dataclasses.replace(cfg, distill=dist), args))
-
-    return exit_code(job)
+    paths = {"distill.teacher": args.teacher, "distill.init_from": args.init_from}
+    return exit_code(lambda: run(load_run_config(args, paths)))
 
 
 if __name__ == "__main__":
