@@ -253,7 +253,8 @@ def test_resume_reaches_the_same_result(tmp_path, capsys):
     assert ep(va) == ep(vb)
 
 
-def test_unreadable_checkpoints_are_one_error_line(tmp_path):
+def test_unreadable_checkpoints_are_one_error_line(tmp_path, caplog):
+    """No readable checkpoint: one error line (no orbax log lines), and nothing is moved."""
     t, _ = _trainer(tmp_path, max_steps_per_epoch=2)
     t.fit(max_steps=3)  # checkpoints at steps 2 (epoch end) and 3
     for step in (2, 3):
@@ -262,6 +263,8 @@ def test_unreadable_checkpoints_are_one_error_line(tmp_path):
     with pytest.raises(CheckpointError, match="no readable training checkpoint") as e:
         t.fit()
     assert "\n" not in str(e.value) and "step 3:" in str(e.value) and "step 2:" in str(e.value)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "3"]
 
 
 def test_max_steps_zero_takes_no_step(tmp_path):

@@ -20,9 +20,11 @@ come from the caller, so the same loop serves Timer-XL next-patch training
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import math
 import shutil
 import time
@@ -278,6 +280,19 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _quiet_orbax():
+        """Orbax logs (absl ERROR lines) every unreadable file it meets; :meth:`_restore` says
+        what it found in one note per checkpoint instead."""
+        log = logging.getLogger("absl")
+        level = log.level
+        log.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            log.setLevel(level)
+
     def _manager(self) -> ocp.CheckpointManager:
         # Synchronous saves: a step's checkpoint is complete (orbax writes to a temporary folder
         # and renames it, so a crash never leaves a half checkpoint as "latest").
@@ -323,30 +338,34 @@ class Trainer:
         return meta
 
     def _restore(self, mgr: ocp.CheckpointManager) -> dict[str, Any] | None:
-        """The newest readable checkpoint's state and metadata (None: a fresh run). A damaged
-        one (a kill while the disk was failing, a truncated copy) is moved to
-        ``out_dir/corrupt_checkpoints`` with a note, and the previous one is tried."""
-        steps = sorted(mgr.all_steps(), reverse=True)
-        problems = []
-        for step in steps:
+        """The newest readable checkpoint's state and metadata (None: a fresh run). Damaged
+        newer ones (a kill while the disk was failing, a truncated copy) are moved to
+        ``out_dir/corrupt_checkpoints`` with a note once an older one has been restored (so
+        the resumed run can write those steps again); if none is readable nothing is moved."""
+        failed: list[tuple[int, str]] = []
+        for step in sorted(mgr.all_steps(), reverse=True):
             try:
-                return self._restore_step(mgr, step)
+                meta = self._restore_step(mgr, step)
             except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types)
-                reason = " ".join(str(e).split())[:300] or type(e).__name__
-                problems.append(f"step {step}: {reason}")
-                aside = self.out_dir / "corrupt_checkpoints" / str(step)
+                failed.append((step, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"))
+                continue
+            for bad, reason in failed:
+                aside = self.out_dir / "corrupt_checkpoints" / str(bad)
                 shutil.rmtree(aside, ignore_errors=True)
                 aside.parent.mkdir(parents=True, exist_ok=True)
-                (self.ckpt_dir / str(step)).rename(aside)
-                mgr.reload()
+                (self.ckpt_dir / str(bad)).rename(aside)
                 tqdm.write(
-                    f"note: training checkpoint {self.ckpt_dir / str(step)} is unreadable "
-                    f"({reason}); moved to {aside}, trying the previous one"
+                    f"note: training checkpoint {self.ckpt_dir / str(bad)} is unreadable "
+                    f"({reason}); moved to {aside}; resuming from step {step}"
                 )
-        if problems:
+            if failed:
+                mgr.reload()
+            return meta
+        if failed:
+            problems = "; ".join(f"step {step}: {reason}" for step, reason in failed)
             raise CheckpointError(
-                f"no readable training checkpoint in {self.ckpt_dir} ({'; '.join(problems)}); "
-                "delete the run folder to start over"
+                f"no readable training checkpoint in {self.ckpt_dir} ({problems}); "
+                "delete that folder to start the run over"
             )
         return None
 
@@ -371,9 +390,12 @@ class Trainer:
         at or past ``max_steps`` (e.g. ``max_steps=0``) takes no step.
         """
         t_start = time.perf_counter()
-        mgr = self._manager()
+        with self._quiet_orbax():
+            mgr = self._manager()
         try:
-            meta = self._restore(mgr) or {
+            with self._quiet_orbax():
+                restored = self._restore(mgr)
+            meta = restored or {
                 "epoch": 0,  # first epoch not yet finished
                 "step_in_epoch": 0,  # steps of that epoch already applied
                 "global_step": 0,
