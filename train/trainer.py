@@ -20,11 +20,9 @@ come from the caller, so the same loop serves Timer-XL next-patch training
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
-import logging
 import math
 import shutil
 import time
@@ -36,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -44,6 +41,7 @@ from tqdm.auto import tqdm
 
 from jaxts.checkpoint import atomic_replace_dir
 from jaxts.data import pad_batch
+from train.checkpoints import CheckpointError, TrainCheckpoints
 from train.config import OptimConfig, RunSection
 from train.optim import Schedule
 
@@ -72,10 +70,6 @@ class BatchSource(Protocol):
 # pytree such as a distillation teacher's state: an argument of the compiled step, never a
 # baked-in constant.
 LossFn = Callable[..., jax.Array]
-
-
-class CheckpointError(ValueError):
-    """No training checkpoint of a run folder can be restored."""
 
 
 @dataclasses.dataclass
@@ -280,27 +274,6 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
 
-    @staticmethod
-    @contextlib.contextmanager
-    def _quiet_orbax():
-        """Orbax logs (absl ERROR lines) every unreadable file it meets; :meth:`_restore` says
-        what it found in one note per checkpoint instead."""
-        log = logging.getLogger("absl")
-        level = log.level
-        log.setLevel(logging.CRITICAL)
-        try:
-            yield
-        finally:
-            log.setLevel(level)
-
-    def _manager(self) -> ocp.CheckpointManager:
-        # Synchronous saves: a step's checkpoint is complete (orbax writes to a temporary folder
-        # and renames it, so a crash never leaves a half checkpoint as "latest").
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=self.run.max_to_keep, enable_async_checkpointing=False, create=True
-        )
-        return ocp.CheckpointManager(self.ckpt_dir, options=options)
-
     def _train_state(self) -> dict[str, Any]:
         return {
             "params": self.params,
@@ -308,66 +281,19 @@ class Trainer:
             "opt_state": self.opt_state,
         }
 
-    def _save(self, mgr: ocp.CheckpointManager, step: int, meta: dict[str, Any]) -> None:
-        mgr.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(self._train_state()), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        mgr.wait_until_finished()
-
-    def _restore_step(self, mgr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-        target = jax.tree.map(
+    def _restore(self, ckpts: TrainCheckpoints) -> dict[str, Any] | None:
+        like = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated),
             self._train_state(),
         )
-        got = mgr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-            ),
-        )
-        meta = dict(got.meta)
-        if meta.get("global_step") != step:
-            raise ValueError(f"its metadata says step {meta.get('global_step')}")
-        self.params = got.state["params"]
-        self.rest = _keys_from_data(got.state["rest"], self.rest)
-        self.opt_state = got.state["opt_state"]
+        got = ckpts.restore(like)
+        if got is None:
+            return None
+        state, meta = got
+        self.params = state["params"]
+        self.rest = _keys_from_data(state["rest"], self.rest)
+        self.opt_state = state["opt_state"]
         return meta
-
-    def _restore(self, mgr: ocp.CheckpointManager) -> dict[str, Any] | None:
-        """The newest readable checkpoint's state and metadata (None: a fresh run). Damaged
-        newer ones (a kill while the disk was failing, a truncated copy) are moved to
-        ``out_dir/corrupt_checkpoints`` with a note once an older one has been restored (so
-        the resumed run can write those steps again); if none is readable nothing is moved."""
-        failed: list[tuple[int, str]] = []
-        for step in sorted(mgr.all_steps(), reverse=True):
-            try:
-                meta = self._restore_step(mgr, step)
-            except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types)
-                failed.append((step, f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"))
-                continue
-            for bad, reason in failed:
-                aside = self.out_dir / "corrupt_checkpoints" / str(bad)
-                shutil.rmtree(aside, ignore_errors=True)
-                aside.parent.mkdir(parents=True, exist_ok=True)
-                (self.ckpt_dir / str(bad)).rename(aside)
-                tqdm.write(
-                    f"note: training checkpoint {self.ckpt_dir / str(bad)} is unreadable "
-                    f"({reason}); moved to {aside}; resuming from step {step}"
-                )
-            if failed:
-                mgr.reload()
-            return meta
-        if failed:
-            problems = "; ".join(f"step {step}: {reason}" for step, reason in failed)
-            raise CheckpointError(
-                f"no readable training checkpoint in {self.ckpt_dir} ({problems}); "
-                "delete that folder to start the run over"
-            )
-        return None
 
     def _export(self) -> None:
         """Replace ``out_dir/best`` with the current model: written aside, then swapped in with
@@ -390,12 +316,10 @@ class Trainer:
         at or past ``max_steps`` (e.g. ``max_steps=0``) takes no step.
         """
         t_start = time.perf_counter()
-        with self._quiet_orbax():
-            mgr = self._manager()
-        try:
-            with self._quiet_orbax():
-                restored = self._restore(mgr)
-            meta = restored or {
+        ckpts = TrainCheckpoints(self.ckpt_dir, self.run.max_to_keep,
+                                 self.out_dir / "corrupt_checkpoints")  # fmt: skip
+        with ckpts:
+            meta = self._restore(ckpts) or {
                 "epoch": 0,  # first epoch not yet finished
                 "step_in_epoch": 0,  # steps of that epoch already applied
                 "global_step": 0,
@@ -418,16 +342,16 @@ class Trainer:
                 if max_steps is not None and meta["global_step"] >= max_steps:
                     finished = False
                     break
-                if not self._run_epoch(mgr, meta, max_steps, t0):
+                if not self._run_epoch(ckpts, meta, max_steps, t0):
                     finished = False
                     break
-        finally:
-            mgr.close()
         return FitResult(meta["best_val"], meta["epoch"], meta["global_step"],
                          bool(meta["early_stopped"]), finished, start,
                          time.perf_counter() - t_start)  # fmt: skip
 
-    def _run_epoch(self, mgr, meta: dict[str, Any], max_steps: int | None, t0: float) -> bool:
+    def _run_epoch(
+        self, ckpts: TrainCheckpoints, meta: dict[str, Any], max_steps: int | None, t0: float
+    ) -> bool:
         """Continue the current epoch from ``meta['step_in_epoch']``; False when ``max_steps``
         stopped it before its end (after a checkpoint)."""
         run = self.run
@@ -470,7 +394,7 @@ class Trainer:
                 if s + 1 < n_steps and (step % run.ckpt_every_steps == 0 or stop_here):
                     # The saved running sum must include every applied step.
                     _fetch_losses(pending, logged, meta)
-                    self._save(mgr, step, meta)
+                    ckpts.save(step, self._train_state(), meta)
                 if self.callback is not None:
                     self.callback(
                         {"step": step, "epoch": epoch, "step_in_epoch": s + 1, "loss": loss}
@@ -478,8 +402,8 @@ class Trainer:
                 if stop_here and s + 1 < n_steps:
                     return False
         self._end_epoch(meta, n_steps, t0)
-        if mgr.latest_step() != meta["global_step"]:
-            self._save(mgr, meta["global_step"], meta)
+        if ckpts.latest_step() != meta["global_step"]:
+            ckpts.save(meta["global_step"], self._train_state(), meta)
         return True
 
     def _end_epoch(self, meta: dict[str, Any], n_steps: int, t0: float) -> None:
