@@ -51,11 +51,9 @@ RESUME_MAY_CHANGE = ("data.data_dir", "chronos_t5.init_from")
 
 def cli_parser(prog: str, description: str, set_example: str) -> argparse.ArgumentParser:
     """The arguments every training entry point takes: --config, --set, --data-dir, --out."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    from jaxts._cli import parser as jaxts_parser
+
+    parser = jaxts_parser(prog, description)  # every default shown in --help, as every CLI
     parser.add_argument("--config", required=True, help="YAML run config")
     parser.add_argument(
         "--set",
