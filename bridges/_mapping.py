@@ -9,8 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
+
+from jaxts.checkpoint import (
+    CheckpointError,
+    CheckpointKeyError,
+    check_finite,
+    dotted,
+    first_line,
+    flatten,
+)
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointKeyError",
+    "Rule",
+    "expand_rules",
+    "flatten",
+    "flax_to_torch",
+    "torch_load",
+    "torch_to_flax",
+    "unflatten",
+]
 
 
 def _linear_to_flax(w):
@@ -40,29 +62,6 @@ class Rule:
     transform: str = "identity"
 
 
-class CheckpointKeyError(KeyError):
-    """Raised with the full list of missing, unexpected and mis-shaped keys."""
-
-    def __init__(self, missing=(), unexpected=(), misshaped=()):
-        self.missing, self.unexpected, self.misshaped = (
-            list(missing),
-            list(unexpected),
-            list(misshaped),
-        )
-        parts = []
-        if self.missing:
-            parts.append(f"missing keys ({len(self.missing)}): {self.missing}")
-        if self.unexpected:
-            parts.append(f"unexpected keys ({len(self.unexpected)}): {self.unexpected}")
-        if self.misshaped:
-            shown = [f"{k}: checkpoint {a} vs expected {b}" for k, a, b in self.misshaped]
-            parts.append(f"mis-shaped keys ({len(self.misshaped)}): {shown}")
-        super().__init__("checkpoint does not match the model; " + "; ".join(parts))
-
-    def __str__(self):  # KeyError would repr() the message
-        return self.args[0]
-
-
 def expand_rules(rules: Iterable[Rule], n_layers: int) -> list[Rule]:
     """Concrete rules; a run of per-layer rules is expanded layer-major (all of layer 0, then
     layer 1, ...), the order in which torch registers them."""
@@ -82,17 +81,6 @@ def expand_rules(rules: Iterable[Rule], n_layers: int) -> list[Rule]:
     return out
 
 
-def flatten(tree: Mapping, prefix=()) -> dict[tuple, np.ndarray]:
-    """Nested dict -> {key tuple: leaf}; keys keep their type (nnx.List indices are ints)."""
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
 def unflatten(flat: Mapping[tuple, object]) -> dict:
     out: dict = {}
     for path, v in flat.items():
@@ -103,18 +91,33 @@ def unflatten(flat: Mapping[tuple, object]) -> dict:
     return out
 
 
-def dotted(path: tuple) -> str:
-    return ".".join(str(p) for p in path)
+def torch_load(path: Path):
+    """``torch.load`` of a weights file (``weights_only``: no code runs); an empty, truncated
+    or foreign file is a one-line CheckpointError naming it."""
+    import torch  # optional dependency, only needed to read .pth / .bin files
+
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not found"
+        raise FileNotFoundError(f"{path}: {what}; expected a PyTorch weights file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # EOFError, RuntimeError (zip), UnpicklingError...
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch weights file (empty, truncated or not written by "
+            f"torch.save: {first_line(e, 120)})"
+        ) from None
 
 
 def torch_to_flax(
     state_dict: Mapping[str, np.ndarray],
     rules: list[Rule],
     flax_template: Mapping,
+    source=None,
 ) -> dict:
     """Map a torch state dict onto a nested Flax pure-dict shaped like ``flax_template``.
 
-    Every problem is collected first and reported together, never one at a time.
+    Every problem is collected first and reported together, never one at a time; then the
+    weights must be finite. ``source`` (the file) heads every message.
     """
     by_dotted = {dotted(p): p for p in flatten(flax_template)}
     template = {dotted(p): v for p, v in flatten(flax_template).items()}
@@ -134,7 +137,8 @@ def torch_to_flax(
             continue
         out[by_dotted[rule.flax_key]] = value.astype(np.asarray(template[rule.flax_key]).dtype)
     if missing or unexpected or misshaped:
-        raise CheckpointKeyError(missing, unexpected, misshaped)
+        raise CheckpointKeyError(missing, unexpected, misshaped, source=source)
+    check_finite({r.torch_key: state_dict[r.torch_key] for r in rules}, source or "checkpoint")
     not_covered = sorted(set(template) - {r.flax_key for r in rules})
     if not_covered:  # a bug in the table, not in the checkpoint
         raise AssertionError(f"bridge table does not cover Flax parameters {not_covered}")

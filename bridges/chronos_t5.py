@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from bridges._mapping import CheckpointKeyError, Rule, expand_rules, flax_to_torch, torch_to_flax
+from bridges._mapping import (
+    CheckpointKeyError,
+    Rule,
+    expand_rules,
+    flax_to_torch,
+    torch_load,
+    torch_to_flax,
+)
+from jaxts.checkpoint import CheckpointError, first_line, load_params, read_json
 from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
 from jaxts.models.chronos_tokenizer import ChronosConfig
 from jaxts.models.t5 import T5Config
@@ -71,7 +79,7 @@ BIN_FILE = "pytorch_model.bin"
 
 def config_from_hf(hf: dict) -> ChronosT5Config:
     """``config.json`` dict -> :class:`ChronosT5Config`; unknown or unsupported fields raise."""
-    if "chronos_config" not in hf:
+    if not isinstance(hf, dict) or "chronos_config" not in hf:
         raise ValueError("not a Chronos config: config.json has no 'chronos_config'")
     handled = set(_T5_FIELDS) | _IGNORED_FIELDS | set(_FIXED_FIELDS)
     handled |= {"chronos_config", "dense_act_fn", "is_gated_act"}
@@ -94,7 +102,7 @@ def config_from_hf(hf: dict) -> ChronosT5Config:
     # transformers 5: outputs are scaled unless tie_word_embeddings is False; an explicit
     # scale_decoder_outputs wins.
     scale = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True) is not False)
-    t5 = T5Config(**kwargs, scale_decoder_outputs=bool(scale))
+    t5 = T5Config.from_dict({**kwargs, "scale_decoder_outputs": bool(scale)})
     return ChronosT5Config(t5=t5, chronos=ChronosConfig.from_dict(hf["chronos_config"]))
 
 
@@ -183,30 +191,43 @@ def rules_for(t5: T5Config) -> list[Rule]:
     return rules
 
 
-def read_state_dict(directory: Path) -> dict[str, np.ndarray]:
-    """float32 numpy tensors from ``model.safetensors`` (preferred) or ``pytorch_model.bin``."""
-    st, pt = directory / SAFETENSORS_FILE, directory / BIN_FILE
-    if st.is_file():
-        try:
-            from safetensors.numpy import load_file
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
 
-            raw = load_file(str(st))
+    try:
+        try:
+            return load_file(str(path))
         except (TypeError, ValueError):  # bf16 has no numpy dtype: go through torch
             from safetensors.torch import load_file as load_torch
 
-            raw = {k: v.float().numpy() for k, v in load_torch(str(st)).items()}
-        return {k: np.asarray(v, np.float32) for k, v in raw.items()}
-    if pt.is_file():
-        import torch
+            return {k: v.float().numpy() for k, v in load_torch(str(path)).items()}
+    except SafetensorError as e:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file (empty, truncated or damaged: "
+            f"{first_line(e, 120)})"
+        ) from None
 
-        sd = torch.load(pt, map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() for k, v in sd.items()}
-    if (directory / (SAFETENSORS_FILE + ".index.json")).is_file():
+
+def read_state_dict(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
+    """float32 numpy tensors from ``model.safetensors`` (preferred) or ``pytorch_model.bin``,
+    and the file they came from."""
+    st, pt = directory / SAFETENSORS_FILE, directory / BIN_FILE
+    if st.is_file():
+        raw, path = _read_safetensors(st), st
+    elif pt.is_file():
+        sd = torch_load(pt)
+        if not isinstance(sd, dict):
+            raise CheckpointError(f"{pt}: holds a {type(sd).__name__}, not a state dict")
+        raw, path = {k: v.float().numpy() for k, v in sd.items()}, pt
+    elif (directory / (SAFETENSORS_FILE + ".index.json")).is_file():
         raise ValueError(f"{directory}: sharded checkpoints are not supported; merge the shards")
-    raise FileNotFoundError(f"{directory}: neither {SAFETENSORS_FILE} nor {BIN_FILE} found")
+    else:
+        raise FileNotFoundError(f"{directory}: neither {SAFETENSORS_FILE} nor {BIN_FILE} found")
+    return {k: np.asarray(v, np.float32) for k, v in raw.items()}, path
 
 
-def _resolve_tied(sd: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
+def _resolve_tied(sd: dict[str, np.ndarray], source=None) -> tuple[dict[str, np.ndarray], bool]:
     """Drop tied aliases of ``shared.weight`` (checking they are equal); says whether the
     lm head is tied (absent, or equal to ``shared.weight``)."""
     sd = dict(sd)
@@ -219,7 +240,9 @@ def _resolve_tied(sd: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], boo
             if shared is None:
                 sd["shared.weight"] = shared = alias
             elif alias.shape != shared.shape or not np.array_equal(alias, shared):
-                raise CheckpointKeyError(misshaped=[(name, alias.shape, "== shared.weight")])
+                raise CheckpointKeyError(
+                    misshaped=[(name, alias.shape, "== shared.weight")], source=source
+                )
     head = sd.get("lm_head.weight")
     tied = head is None or (
         shared is not None and head.shape == shared.shape and np.array_equal(head, shared)
@@ -229,16 +252,14 @@ def _resolve_tied(sd: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], boo
     return sd, tied
 
 
-def from_state_dict(sd: dict[str, np.ndarray], cfg: ChronosT5Config) -> ChronosT5:
-    sd, tied = _resolve_tied(sd)
+def from_state_dict(sd: dict[str, np.ndarray], cfg: ChronosT5Config, source=None) -> ChronosT5:
+    """A :class:`ChronosT5` (eval mode) holding the HF-named tensors ``sd``; ``source``, the
+    file they came from, heads every error message."""
+    sd, tied = _resolve_tied(sd, source)
     cfg = dataclasses.replace(cfg, t5=dataclasses.replace(cfg.t5, tie_word_embeddings=tied))
     model = ChronosT5(cfg, rngs=nnx.Rngs(0))
-    state = nnx.state(model, nnx.Param)
-    params = torch_to_flax(sd, rules_for(cfg.t5), nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-    model.eval()
-    return model
+    template = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return load_params(model, torch_to_flax(sd, rules_for(cfg.t5), template, source))
 
 
 def resolve_dir(path_or_repo_id: str | Path) -> Path:
@@ -269,8 +290,13 @@ def from_hf(path_or_repo_id: str | Path) -> ChronosT5:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found")
-    cfg = config_from_hf(json.loads(config_path.read_text()))
-    return from_state_dict(read_state_dict(directory), cfg)
+    hf = read_json(config_path)
+    try:
+        cfg = config_from_hf(hf)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from None
+    sd, source = read_state_dict(directory)
+    return from_state_dict(sd, cfg, source)
 
 
 def to_state_dict(model: ChronosT5) -> dict[str, np.ndarray]:
@@ -288,3 +314,14 @@ def save_hf(model: ChronosT5, directory: str | Path) -> Path:
     save_file(sd, str(directory / SAFETENSORS_FILE), metadata={"format": "pt"})
     (directory / CONFIG_FILE).write_text(json.dumps(config_to_hf(model.config), indent=2))
     return directory
+
+
+# ---- the bridge protocol of bridges.convert (config.json records everything: no options) ---
+
+
+def from_upstream(src) -> ChronosT5:
+    return from_hf(src)
+
+
+def to_upstream(model: ChronosT5, dst) -> Path:
+    return save_hf(model, dst)

@@ -8,6 +8,7 @@ it is detected.
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,14 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from bridges._mapping import Rule, expand_rules, flax_to_torch, torch_to_flax
+from bridges._mapping import (
+    Rule,
+    expand_rules,
+    flax_to_torch,
+    torch_load,
+    torch_to_flax,
+)
+from jaxts.checkpoint import CheckpointError, load_params, read_json
 from jaxts.models.timer_xl import TimerXL, TimerXLConfig
 
 _LAYER = "blocks.attn_layers.{i}"
@@ -70,14 +78,16 @@ def load_state_dict(path_or_state_dict) -> dict[str, np.ndarray]:
     Strips the ``module.`` prefix that DDP/DataParallel training adds to every key.
     """
     if isinstance(path_or_state_dict, (str, Path)):
-        import torch  # optional dependency, only needed to read .pth files
-
         path = Path(path_or_state_dict)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} not found")
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if path.is_dir():
+            raise ValueError(
+                f"{path} is a directory; expected an OpenLTM / STRIDE checkpoint.pth file"
+            )
+        sd = torch_load(path)
         if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
             sd = sd["state_dict"]
+        if not isinstance(sd, Mapping):
+            raise CheckpointError(f"{path}: holds a {type(sd).__name__}, not a state dict")
     else:
         sd = path_or_state_dict
     if not isinstance(sd, Mapping):
@@ -103,7 +113,7 @@ def infer_config(state_dict: Mapping[str, np.ndarray], **shapeless) -> TimerXLCo
         ].shape[1]
         d_ff = state_dict["blocks.attn_layers.0.conv1.weight"].shape[0]
     except KeyError as e:
-        raise KeyError(f"cannot infer the Timer-XL config: checkpoint lacks {e}") from None
+        raise CheckpointError(f"cannot infer the Timer-XL config: checkpoint lacks {e}") from None
     layers = {
         int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.attn_layers\.(\d+)\.", k))
     }
@@ -141,19 +151,22 @@ def from_openltm(
     ``config`` None: inferred from shapes plus ``shapeless`` overrides (``use_norm`` required,
     ``activation``/``covariate``/``dropout`` default to OpenLTM's argument defaults; a
     stochastic head is detected from ``head_mean.*`` keys).
-    Raises ``CheckpointKeyError`` listing missing, unexpected and mis-shaped keys.
+    Returns the model in eval mode. Raises ``CheckpointKeyError`` listing missing, unexpected
+    and mis-shaped keys, ``CheckpointError`` for unreadable files and non-finite weights.
     """
+    is_file = isinstance(path_or_state_dict, (str, Path))
+    source = Path(path_or_state_dict) if is_file else None
     sd = load_state_dict(path_or_state_dict)
     if config is None:
-        config = infer_config(sd, **shapeless)
+        try:
+            config = infer_config(sd, **shapeless)
+        except CheckpointError as e:
+            raise CheckpointError(f"{source or 'state dict'}: {e}") from None
     elif shapeless:
         raise ValueError("pass either a config or keyword overrides, not both")
     model = TimerXL(config, rngs=rngs or nnx.Rngs(0))
-    state = nnx.state(model, nnx.Param)
-    params = torch_to_flax(sd, rules_for(config), nnx.to_pure_dict(state))
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-    return model
+    template = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return load_params(model, torch_to_flax(sd, rules_for(config), template, source))
 
 
 def to_openltm(model: TimerXL) -> dict[str, np.ndarray]:
@@ -170,3 +183,56 @@ def save_openltm(model: TimerXL, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: torch.from_numpy(np.array(v)) for k, v in to_openltm(model).items()}, path)
     return path
+
+
+# ---- the bridge protocol of bridges.convert ------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        help="JSON file with the whole TimerXLConfig (default: none; the shapes come from the "
+        "tensors, the rest from the options below)",
+    )
+    parser.add_argument(
+        "--use-norm",
+        dest="use_norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="OpenLTM's --use_norm, which a .pth file does not record (default: none; required "
+        "without --config)",
+    )
+    parser.add_argument(
+        "--activation",
+        choices=["relu", "gelu"],
+        default=None,
+        help="OpenLTM's --activation (default: relu, OpenLTM's default)",
+    )
+    parser.add_argument(
+        "--covariate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="OpenLTM's --covariate (default: off, OpenLTM's default)",
+    )
+
+
+def from_upstream(src, *, config=None, **shapeless) -> TimerXL:
+    """An OpenLTM / STRIDE ``.pth`` as a ``TimerXL`` in eval mode; ``config``: a JSON file with
+    the whole config, else inferred from the shapes plus ``shapeless`` (``use_norm``...)."""
+    shapeless = {k: v for k, v in shapeless.items() if v is not None}
+    if config is None:
+        return from_openltm(Path(src), **shapeless)
+    if shapeless:
+        flags = ["--" + k.replace("_", "-") for k in shapeless]
+        raise ValueError(f"--config {config} holds the whole model config; drop {flags}")
+    path = Path(config)
+    data = read_json(path)
+    try:
+        cfg = TimerXLConfig.from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return from_openltm(Path(src), cfg)
+
+
+def to_upstream(model: TimerXL, dst) -> Path:
+    return save_openltm(model, dst)

@@ -2,6 +2,7 @@
 rejection of configs and checkpoints we cannot run faithfully."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -17,7 +18,8 @@ from bridges import chronos_t5 as bridge
 from bridges._mapping import CheckpointKeyError
 from bridges.convert import main as convert_main
 from bridges.reference.chronos_t5_hf import chronos_config, tiny_hf_chronos
-from jaxts.checkpoint import load_model
+from jaxts.checkpoint import CheckpointError, load_model, save_model
+from jaxts.models.timer_xl import TimerXL, TimerXLConfig
 from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline
 
 CHRONOS = chronos_config(context_length=64, prediction_length=16)
@@ -374,7 +376,7 @@ def test_cli_converts_hf_to_jaxts_and_back(tiny, tiny_jax, tmp_path):
     ckpt, back = tmp_path / "jaxts_ckpt", tmp_path / "hf_back"
     # one real process for the entry point, then main() in-process (same code path, no imports)
     subprocess.run(
-        [sys.executable, "-m", "bridges.convert", "chronos", str(src), str(ckpt)],
+        [sys.executable, "-m", "bridges.convert", "chronos_t5", str(src), str(ckpt)],
         check=True,
         capture_output=True,
     )
@@ -384,7 +386,7 @@ def test_cli_converts_hf_to_jaxts_and_back(tiny, tiny_jax, tmp_path):
     assert jm.config == tiny_jax.config
     assert_same_params(jm, tiny_jax)
 
-    assert convert_main(["chronos", str(ckpt), str(back)]) == 0
+    assert convert_main(["chronos_t5", str(ckpt), str(back)]) == 0
     got = ChronosPipeline.from_pretrained(back).model.model.state_dict()
     want = tm.state_dict()
     assert got.keys() == want.keys()
@@ -393,12 +395,90 @@ def test_cli_converts_hf_to_jaxts_and_back(tiny, tiny_jax, tmp_path):
 
 
 def test_cli_errors_exit_2_with_a_message(tiny, tmp_path, capsys):
-    assert convert_main(["chronos", str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
+    assert convert_main(["chronos_t5", str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
     assert "not a model directory" in capsys.readouterr().err
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "config.json").write_text(json.dumps({"model_type": "t5"}))
-    assert convert_main(["chronos", str(tmp_path / "cfg"), str(tmp_path / "o")]) == 2
+    assert convert_main(["chronos_t5", str(tmp_path / "cfg"), str(tmp_path / "o")]) == 2
     assert "chronos_config" in capsys.readouterr().err
-    assert convert_main(["chronos", str(tiny[1]), str(tmp_path / "o"), "--use-norm"]) == 2
-    assert "timer_xl only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse: chronos_t5 has no options
+        convert_main(["chronos_t5", str(tiny[1]), str(tmp_path / "o"), "--use-norm"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --use-norm" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ---- eval mode, damaged files -------------------------------------------------------------
+
+
+def test_loaded_model_is_in_eval_mode(tmp_path):
+    hf_model(dropout_rate=0.5).save_pretrained(tmp_path)
+    jm = bridge.from_hf(tmp_path)
+    ids, mask, dec = teacher_forced_batch()
+    np.testing.assert_array_equal(jax_logits(jm, ids, mask, dec), jax_logits(jm, ids, mask, dec))
+
+
+def copy_dir(tiny, directory):
+    shutil.copytree(tiny[1], directory)
+    return directory
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("fmt", ["model.safetensors", "pytorch_model.bin"])
+@pytest.mark.parametrize("damage", ["empty", "half", "garbage"])
+def test_damaged_weight_file_is_one_line_naming_it(tiny, tmp_path, fmt, damage, capsys):
+    src = copy_dir(tiny, tmp_path / "src")
+    if fmt == "pytorch_model.bin":
+        torch.save(load_file(src / "model.safetensors"), src / fmt)
+        (src / "model.safetensors").unlink()
+    data = (src / fmt).read_bytes()
+    (src / fmt).write_bytes(
+        {"empty": b"", "half": data[: len(data) // 2], "garbage": data[::-1]}[damage]
+    )
+    with pytest.raises(CheckpointError, match=f"{src / fmt}: not a readable"):
+        bridge.from_hf(src)
+    assert convert_main(["chronos_t5", str(src), str(tmp_path / "out")]) == 2
+    assert str(src / fmt) in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_weights_name_the_key_and_the_file(tiny, tmp_path):
+    src = copy_dir(tiny, tmp_path / "src")
+    sd = load_file(src / "model.safetensors")
+    sd["decoder.final_layer_norm.weight"][3] = float("nan")
+    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"non-finite .*: decoder\.final_layer_norm\.weight"):
+        bridge.from_hf(src)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [(None, "not valid JSON"), ({"d_model": "wide"}, "d_model: Input should be")],
+    ids=["json", "string-for-number"],
+)
+def test_bad_config_json_names_the_file(tiny, tmp_path, change, match, capsys):
+    src = copy_dir(tiny, tmp_path / "src")
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text("{oops" if change is None else json.dumps({**cfg, **change}))
+    assert convert_main(["chronos_t5", str(src), str(tmp_path / "out")]) == 2
+    line = one_error_line(capsys)
+    assert str(src / "config.json") in line and match in line
+
+
+def test_cli_wrong_checkpoint_kind_says_what_it_found(tmp_path, capsys):
+    timer = TimerXL(TimerXLConfig(input_token_len=8, output_token_len=8, d_model=8, n_heads=2,
+                                  d_ff=16), rngs=nnx.Rngs(0))  # fmt: skip
+    save_model(timer, tmp_path / "timer")
+    assert convert_main(["chronos_t5", str(tmp_path / "timer"), str(tmp_path / "out")]) == 2
+    assert "holds a timer_xl checkpoint; expected chronos_t5" in one_error_line(capsys)
+    (tmp_path / "checkpoint.pth").write_bytes(b"")
+    assert (
+        convert_main(["chronos_t5", str(tmp_path / "checkpoint.pth"), str(tmp_path / "out")]) == 2
+    )
+    assert "not a model directory or a hub id" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
