@@ -1,9 +1,12 @@
-"""Packaging contracts: core import is torch-free; the README commands and CI agree."""
+"""Packaging contracts: core import and HF Chronos loading are torch-free; the layers import
+only downwards; the README commands and CI agree."""
 
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -11,6 +14,80 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_import_jaxts_does_not_import_torch():
     code = "import sys, jaxts, jaxts.data, jaxts.layers; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# Makes `import torch` fail as it does where torch is not installed.
+_NO_TORCH = """
+import sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
+def test_hf_chronos_directory_loads_without_torch(tmp_path):
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from bridges.chronos_t5 import save_hf
+    from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
+    from jaxts.models.chronos_tokenizer import ChronosConfig
+    from jaxts.models.t5 import T5Config
+    from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline
+
+    t5 = T5Config(vocab_size=64, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_decoder_layers=1,
+                  num_heads=2)  # fmt: skip
+    chronos = ChronosConfig(n_tokens=64, context_length=32, prediction_length=4)
+    model = ChronosT5(ChronosT5Config(t5=t5, chronos=chronos), rngs=nnx.Rngs(3))
+    save_hf(model, tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    x = np.sin(np.arange(40, dtype=np.float32) / 3)
+    np.save(tmp_path / "x.npy", x)
+    code = _NO_TORCH + (
+        "import numpy as np, jax\n"
+        "from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline\n"
+        f"pipe = ChronosT5Pipeline.from_pretrained({str(tmp_path / 'hf')!r})\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, pipe.predict(x, key=jax.random.key(1)))\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'torch']\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = ChronosT5Pipeline(model).predict(x, key=jax.random.key(1))
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
+
+
+def test_the_blocker_blocks_torch():
+    code = _NO_TORCH + "import torch"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "No module named 'torch'" in proc.stderr
+
+
+_UPPER = {
+    "jaxts": ("bridges", "train", "eval", "bench", "tests"),
+    "bridges": ("train", "eval", "bench", "tests"),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(_UPPER))
+def test_layers_import_only_downwards(layer):
+    """jaxts/ <- bridges/ <- train/, eval/, bench/; the one exception: a pipeline's
+    ``from_pretrained`` imports its family's bridge lazily (indented, inside the function)."""
+    pattern = re.compile(rf"^(\s*)(?:from|import) ({'|'.join(_UPPER[layer])})\b", re.M)
+    found = []
+    for path in sorted((ROOT / layer).rglob("*.py")):
+        for m in pattern.finditer(path.read_text()):
+            lazy_bridge = m.group(2) == "bridges" and m.group(1) and path.parent.name == "pipelines"
+            if not lazy_bridge:
+                found.append(f"{path.relative_to(ROOT)}: {m.group(0).strip()}")
+    assert not found
 
 
 def test_ci_runs_exactly_the_readme_test_command():
