@@ -19,7 +19,14 @@ from typing import Any
 
 import pydantic
 
-__all__ = ["DictConfig", "build", "config_model", "format_errors", "from_dict"]
+__all__ = [
+    "DictConfig",
+    "build",
+    "config_model",
+    "format_errors",
+    "from_dict",
+    "require_positive",
+]
 
 _STRICT = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -111,6 +118,15 @@ def from_dict(cls: type, data: Any, what: str | None = None):
         raise ValueError(
             f"invalid {what or cls.__name__}: " + "; ".join(format_errors(e))
         ) from None
+
+
+def require_positive(config, *names: str) -> None:
+    """For a config's ``__post_init__``: a ValueError naming the first of ``names`` whose value
+    is not > 0 (pydantic puts the config's path in front)."""
+    for name in names:
+        value = getattr(config, name)
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
 
 
 class DictConfig:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bridges.reference.timer_xl_torch import timer_blocks
+from bridges.reference.timer_xl_torch import encode, normalise, timer_blocks, to_series
 
 
 def draft_sizes(configs) -> tuple[int, int, int, int]:
@@ -70,30 +70,19 @@ class Model(nn.Module):
 
     def forecast(self, x, x_mark=None, y_mark=None):
         if self.use_norm:
-            means = x.mean(1, keepdim=True).detach()
-            x = x - means
-            stdev = torch.sqrt(torch.var(x, dim=1, keepdim=True, unbiased=False) + 1e-5)
-            x /= stdev
-        B, _, C = x.shape
-        x = x.permute(0, 2, 1).unfold(
-            dimension=-1, size=self.input_token_len, step=self.input_token_len
-        )
-        N = x.shape[2]  # [B, C, N, P]
-        embed_out = self.embedding(x).reshape(B, C * N, -1)
-        embed_out, attns = self.blocks(embed_out, n_vars=C, n_tokens=N)
-
-        def to_series(out):  # [B, C*N, P_out] -> [B, N*P_out, C]
-            return out.reshape(B, C, N, -1).reshape(B, C, -1).permute(0, 2, 1)
-
+            x, means, stdev = normalise(x)
+        embed_out, attns, shape = encode(self, x)
         if self.draft_stochastic:
-            mean_out = to_series(self.head_mean(embed_out))
-            logvar_out = to_series(torch.clamp(self.head_logvar(embed_out), min=-10, max=10))
+            mean_out = to_series(self.head_mean(embed_out), *shape)
+            logvar_out = to_series(
+                torch.clamp(self.head_logvar(embed_out), min=-10, max=10), *shape
+            )
             if self.use_norm:
                 mean_out = mean_out * stdev + means
                 logvar_out = logvar_out + 2 * torch.log(stdev)
             out = (mean_out, logvar_out)
         else:
-            out = to_series(self.head(embed_out))
+            out = to_series(self.head(embed_out), *shape)
             if self.use_norm:
                 out = out * stdev + means
         if self.output_attention:

@@ -255,6 +255,32 @@ def timer_blocks(configs, d_model, n_heads, d_ff, e_layers, output_attention=Fal
     )
 
 
+def normalise(x):
+    """OpenLTM's ``use_norm``: (x, means, stdev) with x centred and scaled per series."""
+    means = x.mean(1, keepdim=True).detach()
+    x = x - means
+    stdev = torch.sqrt(torch.var(x, dim=1, keepdim=True, unbiased=False) + 1e-5)
+    x /= stdev
+    return x, means, stdev
+
+
+def encode(model, x):
+    """Patches of ``x [B, L, C]`` embedded and run through ``model.blocks``:
+    (``[B, C*N, D]``, attentions, (B, C, N)). Shared with STRIDE's draft reference."""
+    B, _, C = x.shape
+    x = x.permute(0, 2, 1)  # [B, C, L]
+    x = x.unfold(dimension=-1, size=model.input_token_len, step=model.input_token_len)
+    N = x.shape[2]  # [B, C, N, P]
+    embed_out = model.embedding(x).reshape(B, C * N, -1)  # [B, C*N, D]
+    embed_out, attns = model.blocks(embed_out, n_vars=C, n_tokens=N)
+    return embed_out, attns, (B, C, N)
+
+
+def to_series(out, B, C, N):
+    """Head output ``[B, C*N, P_out]`` -> ``[B, N*P_out, C]``."""
+    return out.reshape(B, C, N, -1).reshape(B, C, -1).permute(0, 2, 1)
+
+
 class Model(nn.Module):
     def __init__(self, configs):
         super().__init__()
@@ -270,18 +296,9 @@ class Model(nn.Module):
 
     def forecast(self, x, x_mark=None, y_mark=None):
         if self.use_norm:
-            means = x.mean(1, keepdim=True).detach()
-            x = x - means
-            stdev = torch.sqrt(torch.var(x, dim=1, keepdim=True, unbiased=False) + 1e-5)
-            x /= stdev
-        B, _, C = x.shape
-        x = x.permute(0, 2, 1)  # [B, C, L]
-        x = x.unfold(dimension=-1, size=self.input_token_len, step=self.input_token_len)
-        N = x.shape[2]  # [B, C, N, P]
-        embed_out = self.embedding(x).reshape(B, C * N, -1)  # [B, C*N, D]
-        embed_out, attns = self.blocks(embed_out, n_vars=C, n_tokens=N)
-        dec_out = self.head(embed_out)  # [B, C*N, P_out]
-        dec_out = dec_out.reshape(B, C, N, -1).reshape(B, C, -1).permute(0, 2, 1)
+            x, means, stdev = normalise(x)
+        embed_out, attns, shape = encode(self, x)
+        dec_out = to_series(self.head(embed_out), *shape)
         if self.use_norm:
             dec_out = dec_out * stdev + means
         if self.output_attention:

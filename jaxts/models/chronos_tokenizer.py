@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 
-from jaxts.config import DictConfig
+from jaxts.config import DictConfig, require_positive
 
 _LANES = 8  # torch's Vectorized<float> width in its reduction kernels
 _ILP = 4  # accumulators per row in torch's row_sum
@@ -64,9 +64,7 @@ class ChronosConfig(DictConfig):
             raise ValueError("special token ids must be smaller than n_special_tokens")
         if self.n_tokens - self.n_special_tokens - 1 < 2:
             raise ValueError("n_tokens leaves fewer than 2 bins")
-        for name in ("context_length", "prediction_length", "num_samples"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        require_positive(self, "context_length", "prediction_length", "num_samples")
 
     def __hash__(self):  # tokenizer_kwargs is a dict; the config must hash (jit static arg)
         return hash(json.dumps(self.to_dict(), sort_keys=True))

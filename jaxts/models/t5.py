@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxts.config import DictConfig
+from jaxts.config import DictConfig, require_positive
 from jaxts.layers.norms import RMSNorm
 from jaxts.layers.relative_position import relative_position_bias
 
@@ -60,11 +60,10 @@ class T5Config(DictConfig):
                 f"feed_forward_proj {self.feed_forward_proj!r} is not supported; "
                 f"supported: {sorted(_ACTIVATIONS)}"
             )
-        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.num_decoder_layers <= 0:
-            raise ValueError(f"num_decoder_layers must be positive, got {self.num_decoder_layers}")
+        require_positive(
+            self, "vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers",
+            "num_decoder_layers",
+        )  # fmt: skip
         half = self.relative_attention_num_buckets // 2
         if self.relative_attention_max_distance < half:
             raise ValueError(

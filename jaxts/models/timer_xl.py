@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxts.config import DictConfig
+from jaxts.config import DictConfig, require_positive
 from jaxts.layers.attention import AttentionLayer, softmax_attention
 from jaxts.layers.attention_bias import BinaryAttentionBias
 from jaxts.layers.init import torch_linear
@@ -45,13 +45,9 @@ class TimerXLConfig(DictConfig):
     stochastic: bool = False  # STRIDE's draft_stochastic: head_mean + head_logvar
 
     def __post_init__(self):
-        for name in ("input_token_len", "output_token_len", "d_model", "n_heads", "e_layers"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(
-                    f"TimerXLConfig.{name} must be positive, got {getattr(self, name)}"
-                )
-        if self.d_ff <= 0:
-            raise ValueError(f"TimerXLConfig.d_ff must be positive, got {self.d_ff}")
+        require_positive(
+            self, "input_token_len", "output_token_len", "d_model", "n_heads", "e_layers", "d_ff"
+        )
         if self.activation not in ("relu", "gelu"):
             raise ValueError(f"activation must be 'relu' or 'gelu', got {self.activation!r}")
         if not 0.0 <= self.dropout < 1.0:
