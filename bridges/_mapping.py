@@ -29,6 +29,7 @@ __all__ = [
     "expand_rules",
     "flatten",
     "flax_to_torch",
+    "import_torch",
     "torch_load",
     "torch_to_flax",
     "unflatten",
@@ -91,14 +92,22 @@ def unflatten(flat: Mapping[tuple, object]) -> dict:
     return out
 
 
+def import_torch(path: Path):
+    """torch, an optional dependency needed only for PyTorch files (and bfloat16 ones)."""
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(f"{path}: a PyTorch file; handling it needs torch") from None
+    return torch
+
+
 def torch_load(path: Path):
     """``torch.load`` of a weights file (``weights_only``: no code runs); an empty, truncated
     or foreign file is a one-line CheckpointError naming it."""
-    import torch  # optional dependency, only needed to read .pth / .bin files
-
     if not path.is_file():
         what = "a directory" if path.is_dir() else "not found"
         raise FileNotFoundError(f"{path}: {what}; expected a PyTorch weights file")
+    torch = import_torch(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # EOFError, RuntimeError (zip), UnpicklingError...

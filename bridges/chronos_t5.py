@@ -21,6 +21,7 @@ from bridges._mapping import (
     Rule,
     expand_rules,
     flax_to_torch,
+    import_torch,
     torch_load,
     torch_to_flax,
 )
@@ -199,6 +200,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         try:
             return load_file(str(path))
         except (TypeError, ValueError):  # bf16 has no numpy dtype: go through torch
+            import_torch(path)
             from safetensors.torch import load_file as load_torch
 
             return {k: v.float().numpy() for k, v in load_torch(str(path)).items()}

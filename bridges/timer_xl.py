@@ -20,6 +20,7 @@ from bridges._mapping import (
     Rule,
     expand_rules,
     flax_to_torch,
+    import_torch,
     torch_load,
     torch_to_flax,
 )
@@ -177,9 +178,8 @@ def to_openltm(model: TimerXL) -> dict[str, np.ndarray]:
 
 def save_openltm(model: TimerXL, path) -> Path:
     """Write an OpenLTM-loadable ``checkpoint.pth``."""
-    import torch
-
     path = Path(path)
+    torch = import_torch(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: torch.from_numpy(np.array(v)) for k, v in to_openltm(model).items()}, path)
     return path

@@ -2,6 +2,7 @@
 only downwards; the README commands and CI agree."""
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,12 +49,21 @@ def test_hf_chronos_directory_loads_without_torch(tmp_path):
     assert (tmp_path / "hf" / "model.safetensors").is_file()
     x = np.sin(np.arange(40, dtype=np.float32) / 3)
     np.save(tmp_path / "x.npy", x)
+    (tmp_path / "bin").mkdir()  # the old format needs torch: a one-line error, not a traceback
+    shutil.copy(tmp_path / "hf" / "config.json", tmp_path / "bin")
+    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"")
     code = _NO_TORCH + (
         "import numpy as np, jax\n"
         "from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline\n"
         f"pipe = ChronosT5Pipeline.from_pretrained({str(tmp_path / 'hf')!r})\n"
         f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
         f"np.save({str(tmp_path / 'y.npy')!r}, pipe.predict(x, key=jax.random.key(1)))\n"
+        "try:\n"
+        f"    ChronosT5Pipeline.from_pretrained({str(tmp_path / 'bin')!r})\n"
+        "except ValueError as e:\n"
+        "    assert 'pytorch_model.bin: a PyTorch file; handling it needs torch' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('pytorch_model.bin loaded without torch')\n"
         "assert not [m for m in sys.modules if m.split('.')[0] == 'torch']\n"
     )
     proc = subprocess.run(
