@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+from flax import nnx
 
 from jaxts.checkpoint import (
     CheckpointError,
@@ -20,6 +21,7 @@ from jaxts.checkpoint import (
     dotted,
     first_line,
     flatten,
+    load_params,
 )
 
 __all__ = [
@@ -30,7 +32,10 @@ __all__ = [
     "flatten",
     "flax_to_torch",
     "import_torch",
+    "load_torch_state",
     "torch_load",
+    "torch_save",
+    "torch_state",
     "torch_to_flax",
     "unflatten",
 ]
@@ -160,3 +165,23 @@ def flax_to_torch(flax_params: Mapping, rules: list[Rule]) -> dict[str, np.ndarr
     if unknown:
         raise AssertionError(f"bridge table does not cover Flax parameters {unknown}")
     return {r.torch_key: TRANSFORMS[r.transform][1](flat[r.flax_key]) for r in rules}
+
+
+def load_torch_state(model, state_dict: Mapping[str, np.ndarray], rules: list[Rule], source=None):
+    """``model`` holding the torch-named tensors of ``state_dict``, in eval mode (see
+    :func:`torch_to_flax` for the checks; ``source`` heads their messages)."""
+    template = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return load_params(model, torch_to_flax(state_dict, rules, template, source))
+
+
+def torch_state(model, rules: list[Rule]) -> dict[str, np.ndarray]:
+    """The torch-named state dict (numpy arrays) of ``model``."""
+    return flax_to_torch(nnx.to_pure_dict(nnx.state(model, nnx.Param)), rules)
+
+
+def torch_save(state_dict: Mapping[str, np.ndarray], path: Path) -> Path:
+    """Write ``state_dict`` as a PyTorch file (``torch.load(weights_only=True)`` reads it)."""
+    torch = import_torch(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)
+    return path

@@ -20,12 +20,12 @@ from bridges._mapping import (
     CheckpointKeyError,
     Rule,
     expand_rules,
-    flax_to_torch,
     import_torch,
+    load_torch_state,
     torch_load,
-    torch_to_flax,
+    torch_state,
 )
-from jaxts.checkpoint import CheckpointError, first_line, load_params, read_json
+from jaxts.checkpoint import CheckpointError, first_line, read_json
 from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
 from jaxts.models.chronos_tokenizer import ChronosConfig
 from jaxts.models.t5 import T5Config
@@ -259,9 +259,7 @@ def from_state_dict(sd: dict[str, np.ndarray], cfg: ChronosT5Config, source=None
     file they came from, heads every error message."""
     sd, tied = _resolve_tied(sd, source)
     cfg = dataclasses.replace(cfg, t5=dataclasses.replace(cfg.t5, tie_word_embeddings=tied))
-    model = ChronosT5(cfg, rngs=nnx.Rngs(0))
-    template = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return load_params(model, torch_to_flax(sd, rules_for(cfg.t5), template, source))
+    return load_torch_state(ChronosT5(cfg, rngs=nnx.Rngs(0)), sd, rules_for(cfg.t5), source)
 
 
 def resolve_dir(path_or_repo_id: str | Path) -> Path:
@@ -302,8 +300,7 @@ def from_hf(path_or_repo_id: str | Path) -> ChronosT5:
 
 
 def to_state_dict(model: ChronosT5) -> dict[str, np.ndarray]:
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return flax_to_torch(params, rules_for(model.config.t5))
+    return torch_state(model, rules_for(model.config.t5))
 
 
 def save_hf(model: ChronosT5, directory: str | Path) -> Path:

@@ -19,12 +19,12 @@ from flax import nnx
 from bridges._mapping import (
     Rule,
     expand_rules,
-    flax_to_torch,
-    import_torch,
+    load_torch_state,
     torch_load,
-    torch_to_flax,
+    torch_save,
+    torch_state,
 )
-from jaxts.checkpoint import CheckpointError, load_params, read_json
+from jaxts.checkpoint import CheckpointError, read_json
 from jaxts.models.timer_xl import TimerXL, TimerXLConfig
 
 _LAYER = "blocks.attn_layers.{i}"
@@ -166,23 +166,17 @@ def from_openltm(
     elif shapeless:
         raise ValueError("pass either a config or keyword overrides, not both")
     model = TimerXL(config, rngs=rngs or nnx.Rngs(0))
-    template = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return load_params(model, torch_to_flax(sd, rules_for(config), template, source))
+    return load_torch_state(model, sd, rules_for(config), source)
 
 
 def to_openltm(model: TimerXL) -> dict[str, np.ndarray]:
     """OpenLTM state dict (numpy arrays, OpenLTM key names) of a ``TimerXL``."""
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return flax_to_torch(params, rules_for(model.config))
+    return torch_state(model, rules_for(model.config))
 
 
 def save_openltm(model: TimerXL, path) -> Path:
     """Write an OpenLTM-loadable ``checkpoint.pth``."""
-    path = Path(path)
-    torch = import_torch(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: torch.from_numpy(np.array(v)) for k, v in to_openltm(model).items()}, path)
-    return path
+    return torch_save(to_openltm(model), Path(path))
 
 
 # ---- the bridge protocol of bridges.convert ------------------------------------------------
