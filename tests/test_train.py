@@ -1,6 +1,6 @@
 """The Timer-XL trainer and the generic Trainer: schedules and the optimizer's exact bits,
-losses, resumability, the CLI, data parallelism (config validation: tests/test_config.py;
-checkpoint robustness: tests/test_train_robustness.py)."""
+losses, resumability (also past a damaged latest checkpoint), the CLI, data parallelism
+(config validation: tests/test_config.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import pytest
 from flax import nnx
 
 from tests.helpers import REPO, TINY_MODEL, run_on_devices, synthetic_rows, write_csv
+from train.checkpoints import CheckpointError
 from train.config import config_from_dict
 from train.losses import masked_mse, next_patch_loss
 from train.optim import learning_rate_at, openltm_adam
-from train.trainer import CheckpointError, Trainer
+from train.trainer import Trainer
 
 
 def _model(seed: int = 0):

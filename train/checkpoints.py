@@ -18,10 +18,12 @@ from typing import Any
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
+from jaxts import checkpoint as jaxts_checkpoint
+
 __all__ = ["CheckpointError", "TrainCheckpoints"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(jaxts_checkpoint.CheckpointError):
     """No training checkpoint of a run folder can be restored."""
 
 

@@ -55,16 +55,6 @@ from jaxts.data import DataError
 from train.config import ConfigError, RunConfig, flat, model_config, model_section, updated
 from train.losses import IGNORE_INDEX, chronos_loss
 
-__all__ = [
-    "ChronosWindows",
-    "build_model",
-    "load_series",
-    "main",
-    "make_labels",
-    "run",
-    "shift_right",
-]
-
 M4_HOURLY = "m4_hourly"
 
 

@@ -42,19 +42,6 @@ from train.calibration import calibrate, flat_calibration, teacher_forecast
 from train.config import ConfigError, DistillConfig, RunConfig, model_config, model_section, updated
 from train.losses import distill_objective, next_patch_mean_mse
 
-__all__ = [
-    "ContextOnly",
-    "DistillLoss",
-    "DistillSetup",
-    "Student",
-    "build",
-    "load_teacher",
-    "main",
-    "resolve_teacher",
-    "run",
-    "student_config",
-]
-
 
 class Student(nnx.Module):
     """The trained object: the draft plus the RNG stream of the distillation's randomness

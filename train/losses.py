@@ -10,21 +10,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = [
-    "IGNORE_INDEX",
-    "LOGVAR_FLOOR",
-    "chronos_loss",
-    "distill_objective",
-    "masked_gaussian_nll",
-    "masked_mean",
-    "masked_mse",
-    "next_patch_loss",
-    "next_patch_mean_mse",
-    "next_patch_nll",
-    "token_cross_entropy",
-    "variance_penalty",
-]
-
 IGNORE_INDEX = -100  # torch CrossEntropyLoss / HF ignore_index
 LOGVAR_FLOOR = -5.0  # STRIDE's variance regulariser penalises logvar below this
 

@@ -22,14 +22,6 @@ import numpy as np
 
 from train.config import ConfigError, RunConfig, model_config
 
-__all__ = [
-    "LastPatch",
-    "main",
-    "next_patch_data",
-    "optimizer",
-    "run",
-]
-
 
 class LastPatch:
     """A view of NextPatchWindows whose batches are ``(x, y_last [B, P_out, C])``."""

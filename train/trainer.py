@@ -41,20 +41,9 @@ from tqdm.auto import tqdm
 
 from jaxts.checkpoint import atomic_replace_dir
 from jaxts.data import pad_batch
-from train.checkpoints import CheckpointError, TrainCheckpoints
+from train.checkpoints import TrainCheckpoints
 from train.config import OptimConfig, RunSection
 from train.optim import Schedule
-
-__all__ = [
-    "BatchSource",
-    "CheckpointError",
-    "FitResult",
-    "LossFn",
-    "Trainer",
-    "epoch_order",
-    "is_prng_key",
-    "steps_per_epoch",
-]
 
 
 class BatchSource(Protocol):

@@ -5,22 +5,23 @@ exactly as upstream ships them; ``tests/test_chronos_tokenizer.py`` checks that 
 ``ChronosConfig()`` defaults equal it.
 """
 
-CHRONOS_T5_CONFIG = dict(
-    tokenizer_class="MeanScaleUniformBins",
-    tokenizer_kwargs={"low_limit": -15.0, "high_limit": 15.0},
-    context_length=512,
-    prediction_length=64,
-    n_tokens=4096,
-    n_special_tokens=2,
-    pad_token_id=0,
-    eos_token_id=1,
-    use_eos_token=True,
-    model_type="seq2seq",
-    num_samples=20,
-    temperature=1.0,
-    top_k=50,
-    top_p=1.0,
-)
+# As it appears in config.json (JSON keys), not as keyword arguments.
+CHRONOS_T5_CONFIG = {
+    "tokenizer_class": "MeanScaleUniformBins",
+    "tokenizer_kwargs": {"low_limit": -15.0, "high_limit": 15.0},
+    "context_length": 512,
+    "prediction_length": 64,
+    "n_tokens": 4096,
+    "n_special_tokens": 2,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "use_eos_token": True,
+    "model_type": "seq2seq",
+    "num_samples": 20,
+    "temperature": 1.0,
+    "top_k": 50,
+    "top_p": 1.0,
+}
 
 
 def chronos_config(**overrides) -> dict:

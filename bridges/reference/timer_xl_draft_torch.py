@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bridges.reference.timer_xl_torch import encode, normalise, timer_blocks, to_series
+from bridges.reference.timer_xl_torch import Forecaster, encode, normalise, timer_blocks, to_series
 
 
 def draft_sizes(configs) -> tuple[int, int, int, int]:
@@ -49,7 +49,7 @@ def draft_sizes(configs) -> tuple[int, int, int, int]:
     return d_model, n_heads, d_ff, e_layers
 
 
-class Model(nn.Module):
+class Model(Forecaster):
     def __init__(self, configs):
         super().__init__()
         self.d_model, self.n_heads, self.d_ff, self.e_layers = draft_sizes(configs)
@@ -85,9 +85,4 @@ class Model(nn.Module):
             out = to_series(self.head(embed_out), *shape)
             if self.use_norm:
                 out = out * stdev + means
-        if self.output_attention:
-            return out, attns
-        return out
-
-    def forward(self, x, x_mark=None, y_mark=None):
-        return self.forecast(x, x_mark, y_mark)
+        return self.with_attention(out, attns)

@@ -281,7 +281,18 @@ def to_series(out, B, C, N):
     return out.reshape(B, C, N, -1).reshape(B, C, -1).permute(0, 2, 1)
 
 
-class Model(nn.Module):
+class Forecaster(nn.Module):
+    """OpenLTM's model interface: ``forward`` is ``forecast``; the attention maps are returned
+    too when ``output_attention`` is set."""
+
+    def with_attention(self, out, attns):
+        return (out, attns) if self.output_attention else out
+
+    def forward(self, x, x_mark=None, y_mark=None):
+        return self.forecast(x, x_mark, y_mark)
+
+
+class Model(Forecaster):
     def __init__(self, configs):
         super().__init__()
         self.input_token_len = configs.input_token_len
@@ -301,12 +312,7 @@ class Model(nn.Module):
         dec_out = to_series(self.head(embed_out), *shape)
         if self.use_norm:
             dec_out = dec_out * stdev + means
-        if self.output_attention:
-            return dec_out, attns
-        return dec_out
-
-    def forward(self, x, x_mark=None, y_mark=None):
-        return self.forecast(x, x_mark, y_mark)
+        return self.with_attention(dec_out, attns)
 
 
 @torch.no_grad()

@@ -26,7 +26,9 @@ from jaxts.sampling import categorical, top_k_filter, top_p_filter
 class ChronosT5Config(DictConfig):
     """The inner T5's config and the ``chronos_config`` block of ``config.json``."""
 
-    t5: T5Config = dataclasses.field(default_factory=T5Config)
+    # vocab_size = Chronos' default n_tokens: T5's own default (32128 text tokens) would make
+    # ChronosT5Config() contradict itself.
+    t5: T5Config = dataclasses.field(default_factory=lambda: T5Config(vocab_size=4096))
     chronos: ChronosConfig = dataclasses.field(default_factory=ChronosConfig)
 
     def __post_init__(self):
