@@ -113,3 +113,18 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert test_cmd, "README must state the test command"
     ci = [ln for ln in (ROOT / ".ci/run").read_text().splitlines() if ln and not ln.startswith("#")]
     assert ci[-1].strip() == test_cmd.group(1)
+
+
+def test_plain_pytest_collects_from_the_repository_root():
+    """The ``pytest`` script (not ``python -m pytest``, which puts the working directory on
+    sys.path) must find ``tests.helpers`` and the repository packages."""
+    script = Path(sys.executable).parent / "pytest"
+    if not script.is_file():
+        pytest.skip(f"no pytest script next to {sys.executable}")
+    proc = subprocess.run(
+        [str(script), "--collect-only", "-q", "-p", "no:cacheprovider",
+         "tests/test_timer_xl_bridge.py"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "test_from_openltm_returns_an_eval_mode_model" in proc.stdout

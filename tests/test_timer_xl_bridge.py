@@ -237,3 +237,11 @@ def test_help_shows_every_default():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert "(default" in formatter._get_help_string(action), (name, action.dest)
+
+
+def test_from_openltm_returns_an_eval_mode_model():
+    """Like HF's from_pretrained: dropout (0.1 here) off, so two calls agree."""
+    jm = from_openltm(torch_model(CFG).state_dict(), CFG)
+    assert CFG.dropout > 0
+    x = series(2, 32, 3)
+    np.testing.assert_array_equal(np.asarray(jm(x)), np.asarray(jm(x)))
