@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from train.config import (
-    RECIPE_SECTIONS,
+    RECIPE_OWNERS,
     ConfigError,
     RunConfig,
     dump_config,
@@ -42,8 +42,6 @@ __all__ = [
 ]
 
 # Which entry point a trainer-specific section belongs to.
-RECIPE_OWNERS = {"distill": "python -m train.distill", "chronos_t5": "python -m train.chronos_t5"}
-assert set(RECIPE_OWNERS) == set(RECIPE_SECTIONS)
 
 # Keys that say where files are, not which experiment: a resumed run may change them.
 RESUME_MAY_CHANGE = ("data.data_dir", "chronos_t5.init_from")

@@ -47,7 +47,10 @@ __all__ = [
 ]
 
 DEFAULT_FAMILY = "timer_xl"  # a model section without `name` (configs predating the registry)
-RECIPE_SECTIONS = ("distill", "chronos_t5")  # trainer-specific sections, None when absent
+# Trainer-specific sections (None when absent) and the entry point each belongs to; a recipe
+# with settings of its own adds its line here and its field to RunConfig.
+RECIPE_OWNERS = {"distill": "python -m train.distill", "chronos_t5": "python -m train.chronos_t5"}
+RECIPE_SECTIONS = tuple(RECIPE_OWNERS)
 
 
 class ConfigError(ValueError):
