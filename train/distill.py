@@ -41,6 +41,7 @@ from jaxts.models.timer_xl import TimerXL, TimerXLConfig, draft_config
 from train.calibration import calibrate, flat_calibration, teacher_forecast
 from train.config import ConfigError, DistillConfig, RunConfig, model_config, model_section, updated
 from train.losses import distill_objective, next_patch_mean_mse
+from train.timer_xl import WindowView
 
 
 class Student(nnx.Module):
@@ -69,14 +70,8 @@ class DistillLoss:
         return distill_objective(student.draft(x), target, mask, self.var_reg)
 
 
-class ContextOnly:
+class ContextOnly(WindowView):
     """Training batches ``(x,)``: the distillation targets come from the teacher, not ``y``."""
-
-    def __init__(self, windows):
-        self.windows = windows
-
-    def __len__(self) -> int:
-        return len(self.windows)
 
     def batch(self, idx: np.ndarray):
         return (self.windows.batch(idx)[0],)

@@ -23,14 +23,19 @@ import numpy as np
 from train.config import ConfigError, RunConfig, model_config
 
 
-class LastPatch:
-    """A view of NextPatchWindows whose batches are ``(x, y_last [B, P_out, C])``."""
+class WindowView:
+    """A :class:`train.trainer.BatchSource` over the same windows as a ``NextPatchWindows``,
+    whose subclasses pick what a batch holds."""
 
     def __init__(self, windows):
         self.windows = windows
 
     def __len__(self) -> int:
         return len(self.windows)
+
+
+class LastPatch(WindowView):
+    """Batches ``(x, y_last [B, P_out, C])``: only the last token's next patch (valid_last)."""
 
     def batch(self, idx: np.ndarray):
         return self.windows.last_patch(idx)
