@@ -1,5 +1,6 @@
 """Run configuration: a YAML file with sections ``model``, ``data``, ``optim`` and ``run``, plus
-``distill`` (``train.distill``) or ``chronos_t5`` (``train.chronos_t5``).
+``distill`` (``train.distill``), ``chronos_t5`` (``train.chronos_t5``) or ``distance_head``
+(``train.distance_head``).
 
 Every section is a frozen pydantic v2 model with ``extra="forbid"``: an unknown key (a typo such
 as ``learing_rate`` is the worst failure mode of a training config), a value of the wrong type
@@ -31,6 +32,7 @@ __all__ = [
     "ChronosT5TrainConfig",
     "ConfigError",
     "DataConfig",
+    "DistanceHeadTrainConfig",
     "DistillConfig",
     "OptimConfig",
     "RunConfig",
@@ -49,7 +51,11 @@ __all__ = [
 DEFAULT_FAMILY = "timer_xl"  # a model section without `name` (configs predating the registry)
 # Trainer-specific sections (None when absent) and the entry point each belongs to; a recipe
 # with settings of its own adds its line here and its field to RunConfig.
-RECIPE_OWNERS = {"distill": "python -m train.distill", "chronos_t5": "python -m train.chronos_t5"}
+RECIPE_OWNERS = {
+    "distill": "python -m train.distill",
+    "chronos_t5": "python -m train.chronos_t5",
+    "distance_head": "python -m train.distance_head",
+}
 RECIPE_SECTIONS = tuple(RECIPE_OWNERS)
 
 
@@ -162,6 +168,49 @@ class ChronosT5TrainConfig(_Section):
     _datasets_out = pydantic.field_validator("datasets")(_not_empty)
 
 
+class DistanceHeadTrainConfig(_Section):
+    """Head-only training of a distance-aware Chronos head on a frozen Chronos-T5
+    (``train.distance_head``); the ``model`` section, when given, is the head's
+    (``name: distance_head``; ``hidden_size`` / ``num_bins`` must be the base's ``d_model`` /
+    ``n_tokens``).
+
+    Windows as ``chronos_t5`` (``datasets``, ``min_past``) with their own lengths; AdamW
+    (``optim.learning_rate``, ``optim.weight_decay``) on the per-step ``schedule``, clipping at
+    ``grad_clip``; an "epoch" is ``steps_per_epoch`` steps. ``optim.lradj``, ``tmax``,
+    ``patience``, ``valid_last`` and ``max_steps_per_epoch`` do not apply.
+    """
+
+    # The frozen Chronos-T5: an HF Chronos dir / hub id or a jaxts chronos_t5 model dir.
+    base: str | None = None
+    datasets: tuple[str, ...] = (
+        "ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather", "m4_hourly",
+    )  # fmt: skip
+    # Values per window: upstream's 80/20 split of 512 (409 context, 103 label values); null
+    # takes the base's chronos context_length / prediction_length.
+    context_length: Positive | None = 409
+    prediction_length: Positive | None = 103
+    min_past: Positive = 60
+    # 'shifted': the decoder input is the labels shifted right behind PAD (Chronos' teacher
+    # forcing); 'upstream': the unshifted labels (the published run's feeding, which lets
+    # position t see its own label), for reproduction only.
+    feeding: Literal["shifted", "upstream"] = "shifted"
+    # 'combined': combined_ordinal_loss (upstream); 'gaussian_v2': gaussian_soft_label_loss;
+    # 'ce': plain token cross-entropy (the control).
+    loss: Literal["combined", "gaussian_v2", "ce"] = "combined"
+    # combined: ordinal CE, smooth labels, EMD weights
+    weights: tuple[NonNegative, NonNegative, NonNegative] = (0.5, 0.3, 0.2)
+    alpha: NonNegative = 1.0  # ordinal CE's distance penalty weight
+    beta: PositiveFloat = 0.1  # smooth labels' Laplace kernel rate
+    sigma: PositiveFloat = 2.0  # v2 Gaussian soft labels' width in bins
+    steps_per_epoch: Positive = 500
+    schedule: Literal["linear", "cosine", "constant"] = "cosine"  # per-step, after warmup
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    grad_clip: NonNegative = 1.0  # 0 = off
+
+    _datasets_in = pydantic.field_validator("datasets", mode="before")(_one_or_many)
+    _datasets_out = pydantic.field_validator("datasets")(_not_empty)
+
+
 def _family_section(name: str) -> type[pydantic.BaseModel]:
     """The ``model`` section of family ``name``: its config's fields plus ``name``."""
     base = config_model(FAMILIES[name].config_class())
@@ -176,8 +225,9 @@ ModelSection = Annotated[Union[tuple(_MODEL_SECTIONS.values())], Field(discrimin
 
 class RunConfig(_Section):
     """A whole run. ``model`` is None only where the trainer can read it from a checkpoint (a
-    distillation's jaxts teacher, a Chronos fine-tune's ``init_from``); ``distill`` and
-    ``chronos_t5`` are None unless given (and then left out of :meth:`to_dict`)."""
+    distillation's jaxts teacher, a Chronos fine-tune's ``init_from``, a distance head's base);
+    the recipe sections (:data:`RECIPE_OWNERS`) are None unless given (and then left out of
+    :meth:`to_dict`)."""
 
     model: ModelSection | None = None
     data: DataConfig = DataConfig()
@@ -185,6 +235,7 @@ class RunConfig(_Section):
     run: RunSection = RunSection()
     distill: DistillConfig | None = None
     chronos_t5: ChronosT5TrainConfig | None = None
+    distance_head: DistanceHeadTrainConfig | None = None
 
     @pydantic.field_validator("model", mode="before")
     @classmethod
