@@ -446,10 +446,15 @@ def _pipelines(args) -> dict:
 
     pipes = {"base": ChronosT5Pipeline.from_pretrained(args.base)}
     for arm in ("head", "control"):
-        if getattr(args, arm) is not None:
+        path = getattr(args, arm)
+        if path is None:
+            continue
+        try:
             pipes[arm] = DistanceAwareChronosPipeline.from_pretrained(
-                args.base, getattr(args, arm), upstream_compat=args.upstream_compat
+                args.base, path, upstream_compat=args.upstream_compat
             )
+        except ValueError as e:  # e.g. a head made for another base: say which one
+            raise ValueError(e if str(path) in str(e) else f"--{arm} {path}: {e}") from None
     return pipes
 
 
