@@ -269,7 +269,7 @@ class _CsvLog:
 def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=None) -> dict:
     """Train; returns a summary dict (also written to ``out/summary.json``). ``max_steps``
     stops early (resumable), as :meth:`train.trainer.Trainer.fit`."""
-    from train.common import check_sections, devices_line, fit_and_report, n_params, prepare_run_dir
+    from train.common import check_sections, devices_line, n_params, prepare_run_dir
     from train.optim import chronos_optimizer
     from train.trainer import Trainer
 
@@ -319,6 +319,15 @@ def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=
         devices=devices,
         callback=cb,
     )
+    return fit_and_summarize(trainer, log, t_start, max_steps, series=counts,
+                             batch_size=o.batch_size, steps=total)  # fmt: skip
+
+
+def fit_and_summarize(trainer, log: _CsvLog, t_start: float, max_steps: int | None, **extra):
+    """:func:`train.common.fit_and_report`, then ``summary.json`` in the run folder (steps run,
+    seconds, the last logged loss, then ``extra``), printed in one line; returns the summary."""
+    from train.common import fit_and_report
+
     result = fit_and_report(trainer, max_steps=max_steps)
     summary = {
         "global_step": result.global_step,
@@ -328,11 +337,9 @@ def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=
         "train_seconds": round(result.seconds, 1),
         "seconds_per_step": round(result.seconds / max(result.steps_run, 1), 3),
         "total_seconds": round(time.perf_counter() - t_start, 1),
-        "series": counts,
-        "batch_size": o.batch_size,
-        "steps": total,
+        **extra,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (trainer.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if result.steps_run:
         print(f"{summary['seconds_per_step']}s/step; last logged loss {log.last}", flush=True)
     return summary
@@ -346,6 +353,16 @@ def _steps(text: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"expected a number of steps >= 0, got {text!r}")
     return n
+
+
+def add_max_steps(parser: argparse.ArgumentParser) -> None:
+    """``--max-steps N``: stop after global step N (resumable)."""
+    parser.add_argument(
+        "--max-steps",
+        type=_steps,
+        default=None,
+        help="stop after this global step (resumable; 0: train nothing)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,12 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="fine-tune from an HF Chronos or jaxts model dir (chronos_t5.init_from)",
     )
-    parser.add_argument(
-        "--max-steps",
-        type=_steps,
-        default=None,
-        help="stop after this global step (resumable; 0: train nothing)",
-    )
+    add_max_steps(parser)
     args = parser.parse_args(argv)
     paths = {"chronos_t5.init_from": args.init_from}
     return exit_code(lambda: run(load_run_config(args, paths), max_steps=args.max_steps))
