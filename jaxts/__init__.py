@@ -5,14 +5,20 @@
 
 from jaxts.checkpoint import load_model, save_model
 from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
+from jaxts.models.distance_head import DistanceAwareChronos, DistanceHead, DistanceHeadConfig
 from jaxts.models.timer_xl import TimerXL, TimerXLConfig, rolling_forecast
 from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline
+from jaxts.pipelines.distance_aware_chronos import DistanceAwareChronosPipeline
 
 __version__ = "0.1.0"
 __all__ = [
     "ChronosT5",
     "ChronosT5Config",
     "ChronosT5Pipeline",
+    "DistanceAwareChronos",
+    "DistanceAwareChronosPipeline",
+    "DistanceHead",
+    "DistanceHeadConfig",
     "TimerXL",
     "TimerXLConfig",
     "load_model",

@@ -70,6 +70,13 @@ FAMILIES: dict[str, Family] = {
             bridge="bridges.chronos_t5",
             upstream="HF Chronos-T5 directory or hub id (config.json + model.safetensors)",
         ),
+        Family(
+            name="distance_head",
+            config="jaxts.models.distance_head:DistanceHeadConfig",
+            model="jaxts.models.distance_head:DistanceHead",
+            bridge="bridges.distance_head",
+            upstream="Phoenix21 distance_output.pt (distance-aware Chronos head)",
+        ),
     )
 }
 

@@ -61,20 +61,53 @@ class ChronosT5(nnx.Module):
         """Teacher-forced logits ``[B, L, V]`` (training and parity)."""
         return self.model(input_ids, attention_mask, decoder_input_ids)
 
+    # ---- what the sampler reads (DistanceAwareChronos provides the same) -------------------
 
-def process_logits(logits, *, eos_token_id: int, temperature, top_k: int, top_p: float | None):
+    @property
+    def t5(self) -> T5EncoderDecoder:
+        """The encoder-decoder the sampler runs."""
+        return self.model
+
+    @property
+    def masked_token_id(self) -> int | None:
+        """The id sampling never draws: EOS (Chronos forecasts exactly the horizon)."""
+        return self.config.chronos.eos_token_id
+
+    def logits(self, h: jnp.ndarray) -> jnp.ndarray:
+        """Decoder last hidden state ``[..., D]`` -> next-token logits ``[..., V]`` (lm head)."""
+        return self.model.lm_logits(h)
+
+
+def process_logits(
+    logits, *, eos_token_id: int | None, temperature, top_k: int, top_p: float | None
+):
     """HF's logits processors for Chronos sampling, in HF's order. ``logits [R, V]``.
 
-    EOS -> -inf (``min_new_tokens`` equals the horizon), divide by ``temperature``, keep the
-    ``top_k`` largest (ties at the k-th value kept), then the smallest set whose probability
-    exceeds ``top_p`` (``top_p=None`` skips it, as HF does for ``top_p == 1``).
+    EOS -> -inf (``min_new_tokens`` equals the horizon; ``eos_token_id=None``: no id is
+    special), divide by ``temperature``, keep the ``top_k`` largest (ties at the k-th value
+    kept), then the smallest set whose probability exceeds ``top_p`` (``top_p=None`` skips it,
+    as HF does for ``top_p == 1``).
     """
-    logits = logits.astype(jnp.float32).at[:, eos_token_id].set(-jnp.inf)
+    logits = logits.astype(jnp.float32)
+    if eos_token_id is not None:
+        logits = logits.at[:, eos_token_id].set(-jnp.inf)
     logits = logits / temperature
     logits = top_k_filter(logits, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     return logits
+
+
+def _prefill(t5, cache, prefix, kernels):
+    """Run the decoder over ``prefix [B, P]`` (teacher forcing through the cache): the cache
+    then holds P positions."""
+
+    def step(cache, tokens):
+        _, cache = t5.decode_step_hidden(tokens, cache, kernels)
+        return cache, None
+
+    cache, _ = jax.lax.scan(step, cache, prefix.T)
+    return cache
 
 
 def _sample_tokens(
@@ -86,29 +119,48 @@ def _sample_tokens(
     key,
     temperature,
     top_p_value,
+    decoder_prefix,
+    prefix_mask,
     *,
     prediction_length: int,
     num_samples: int,
     top_k: int,
     use_top_p: bool,
 ):
-    """Token paths ``[B, num_samples, prediction_length]`` (int32)."""
-    chronos = nnx.merge(graphdef, state)
-    t5 = chronos.model
-    cfg = chronos.config
+    """Token paths ``[B, num_samples, prediction_length]`` (int32).
+
+    The merged model provides ``t5`` (a :class:`T5EncoderDecoder`), ``logits(h)`` (the output
+    head on the decoder's last hidden state) and ``masked_token_id``. ``decoder_prefix [B, P]``
+    (None: start from ``decoder_start_token_id``) is fed to the decoder first, once per series;
+    the logits at its last position give the first forecast token; ``prefix_mask [B, P]`` masks
+    its padding as attention keys."""
+    net = nnx.merge(graphdef, state)
+    t5 = net.t5
     b = input_ids.shape[0]
     rows = b * num_samples
     enc = t5.encode(input_ids, attention_mask)  # [B, T, D], once per series
-    cache = t5.init_cache(enc, attention_mask, rows, prediction_length)
-    start = jnp.full((rows,), cfg.t5.decoder_start_token_id, jnp.int32)
+    if decoder_prefix is None:
+        cache = t5.init_cache(enc, attention_mask, rows, prediction_length)
+        start = jnp.full((rows,), t5.config.decoder_start_token_id, jnp.int32)
+    else:
+        p = decoder_prefix.shape[1]
+        keep = jnp.concatenate([prefix_mask, jnp.ones((b, prediction_length - 1), bool)], 1)
+        cache = t5.init_cache(enc, attention_mask, b, p - 1 + prediction_length, keep)
+        cache = _prefill(t5, cache, decoder_prefix[:, :-1], kernels)  # once per series
+        per_row = {  # series-major rows: row = b * S + s
+            f: jax.tree.map(lambda x: jnp.repeat(x, num_samples, axis=0), getattr(cache, f))
+            for f in ("self_k", "self_v", "self_keep")
+        }
+        cache = dataclasses.replace(cache, **per_row)
+        start = jnp.repeat(decoder_prefix[:, -1], num_samples)
     greedy = top_k == 1
 
     def step(carry, t):
         tokens, cache = carry
-        logits, cache = t5.decode_step(tokens, cache, kernels)  # [R, V]
+        h, cache = t5.decode_step_hidden(tokens, cache, kernels)  # [R, D]
         logits = process_logits(
-            logits,
-            eos_token_id=cfg.chronos.eos_token_id,
+            net.logits(h),  # [R, V]
+            eos_token_id=net.masked_token_id,
             temperature=temperature,
             top_k=0 if greedy else top_k,
             top_p=top_p_value if use_top_p else None,
@@ -135,7 +187,7 @@ _encode_jit = jax.jit(
 
 
 def sample_tokens(
-    model: ChronosT5,
+    model,
     input_ids,
     attention_mask,
     key,
@@ -145,19 +197,34 @@ def sample_tokens(
     temperature: float,
     top_k: int,
     top_p: float,
+    decoder_prefix=None,
+    prefix_mask=None,
 ):
     """Sample ``[B, num_samples, prediction_length]`` token ids (one compiled program per
-    shape / ``top_k`` / horizon; temperature and top_p are traced). ``top_k=1`` is greedy."""
+    shape / ``top_k`` / horizon; temperature and top_p are traced). ``top_k=1`` is greedy.
+
+    ``model``: a :class:`ChronosT5` or anything with its sampling interface (``t5``,
+    ``logits``, ``masked_token_id``, ``encode``), e.g. ``DistanceAwareChronos``.
+    ``decoder_prefix [B, P]`` / ``prefix_mask [B, P]``: see :func:`_sample_tokens`."""
     graphdef, state = nnx.split(model)
+    if decoder_prefix is not None:
+        decoder_prefix = jnp.asarray(decoder_prefix, jnp.int32)
+        prefix_mask = (
+            jnp.ones(decoder_prefix.shape, bool)
+            if prefix_mask is None
+            else jnp.asarray(prefix_mask, bool)
+        )
     return _sample_tokens_jit(
         graphdef,
         state,
-        model.model.decode_kernels(),  # eager transposes, ~1% of a call's time
+        model.t5.decode_kernels(),  # eager transposes, ~1% of a call's time
         jnp.asarray(input_ids, jnp.int32),
         jnp.asarray(attention_mask, bool),
         key,
         jnp.float32(temperature),
         jnp.float32(top_p),
+        decoder_prefix,
+        prefix_mask,
         prediction_length=prediction_length,
         num_samples=num_samples,
         top_k=int(top_k),

@@ -320,6 +320,17 @@ class T5EncoderDecoder(nnx.Module):
     ) -> jnp.ndarray:
         """Teacher-forced decoder: ``decoder_input_ids [B*S, L]`` over ``enc_out [B, T, D]``
         -> logits ``[B*S, L, V]`` (S >= 1 decoder rows per encoded series)."""
+        return self.lm_logits(self.decode_hidden(decoder_input_ids, enc_out, attention_mask))
+
+    def decode_hidden(
+        self,
+        decoder_input_ids: jnp.ndarray,
+        enc_out: jnp.ndarray,
+        attention_mask: jnp.ndarray,
+    ) -> jnp.ndarray:
+        """:meth:`decode` up to the decoder's last hidden state ``[B*S, L, D]``: after the final
+        layer norm, before the lm head's ``d_model**-0.5`` scaling (HF's
+        ``decoder_hidden_states[-1]``, what other output heads read)."""
         dec = self.decoder
         n = decoder_input_ids.shape[1]
         pos = jnp.arange(n)
@@ -331,7 +342,7 @@ class T5EncoderDecoder(nnx.Module):
             h, _ = block.layer[0](h, self_bias)
             h = block.layer[1](h, k, v, cross_bias)
             h = block.layer[2](h)
-        return self.lm_logits(dec.dropout(dec.final_layer_norm(h)))
+        return dec.dropout(dec.final_layer_norm(h))
 
     def __call__(self, input_ids, attention_mask, decoder_input_ids):
         return self.decode(
@@ -340,9 +351,14 @@ class T5EncoderDecoder(nnx.Module):
 
     # ---- incremental decoding over a fixed-size cache ------------------------------------
 
-    def init_cache(self, enc_out, attention_mask, rows: int, max_len: int) -> T5DecodeCache:
+    def init_cache(
+        self, enc_out, attention_mask, rows: int, max_len: int, self_keep=None
+    ) -> T5DecodeCache:
         """Empty self-attention cache for ``rows`` decoder rows and ``max_len`` positions, with
-        the cross-attention keys/values of ``enc_out [B, T, D]`` computed once."""
+        the cross-attention keys/values of ``enc_out [B, T, D]`` computed once. ``self_keep``
+        (optional ``[rows, max_len]`` bool): decoder positions that may be attended to (False
+        for padding inside a decoder prefix); None keeps every position (and the program as
+        it was)."""
         cfg = self.config
         kv = self.cross_kv(enc_out)
         zeros = jnp.zeros((rows, cfg.num_heads, max_len, cfg.d_kv), enc_out.dtype)
@@ -353,6 +369,7 @@ class T5EncoderDecoder(nnx.Module):
             cross_v=tuple(v for _, v in kv),
             cross_bias=self.cross_bias(attention_mask),
             next_index=jnp.zeros((), jnp.int32),
+            self_keep=self_keep,
         )
 
     def decode_kernels(self) -> tuple[dict, ...]:
@@ -382,11 +399,20 @@ class T5EncoderDecoder(nnx.Module):
         """One decoder position for every row: ``tokens [R]`` -> logits ``[R, V]``, new cache.
 
         ``kernels``: optional :meth:`decode_kernels` (same result, faster on CPU)."""
+        h, cache = self.decode_step_hidden(tokens, cache, kernels)
+        return self.lm_logits(h), cache
+
+    def decode_step_hidden(self, tokens: jnp.ndarray, cache: T5DecodeCache, kernels=None):
+        """:meth:`decode_step` up to the last hidden state: ``tokens [R]`` -> ``[R, D]`` (after
+        the final layer norm, as :meth:`decode_hidden`), new cache."""
         dec, t = self.decoder, cache.next_index
         max_len = cache.self_k[0].shape[2]
         keys = jnp.arange(max_len)
         self_bias = dec.position_bias(t[None], keys)  # [1, N, 1, T_max]
-        self_bias = self_bias + additive_mask(keys <= t)[None, None, None, :]
+        if cache.self_keep is None:
+            self_bias = self_bias + additive_mask(keys <= t)[None, None, None, :]
+        else:  # per-row padding in a decoder prefix: [R, 1, 1, T_max]
+            self_bias = self_bias + additive_mask((keys <= t) & cache.self_keep)[:, None, None]
         h = self.shared(tokens[:, None])  # [R, 1, D]
         new_k, new_v = [], []
         for i, block in enumerate(dec.block):
@@ -399,11 +425,11 @@ class T5EncoderDecoder(nnx.Module):
                 h, cache.cross_k[i], cache.cross_v[i], cache.cross_bias, w.get("cross")
             )
             h = block.layer[2](h, w.get("ff"))
-        logits = self.lm_logits(dec.final_layer_norm(h))[:, 0]  # [R, V]
+        h = dec.final_layer_norm(h)[:, 0]  # [R, D]
         cache = dataclasses.replace(
             cache, self_k=tuple(new_k), self_v=tuple(new_v), next_index=t + 1
         )
-        return logits, cache
+        return h, cache
 
 
 @jax.tree_util.register_dataclass
@@ -414,7 +440,8 @@ class T5DecodeCache:
     Per decoder layer (tuples, so each layer's buffer is updated in place): self_k/self_v
     ``[R, N, T_max, E]`` (R decoder rows); cross_k/cross_v ``[B, N, T, E]`` (one copy per
     series, shared by its R/B rows). cross_bias ``[B, 1, 1, T]``;
-    next_index: the position the next token is written to.
+    next_index: the position the next token is written to; self_keep: None, or ``[R, T_max]``
+    bool, the decoder positions that may be attended to (see :meth:`T5EncoderDecoder.init_cache`).
     """
 
     self_k: tuple
@@ -423,3 +450,4 @@ class T5DecodeCache:
     cross_v: tuple
     cross_bias: jnp.ndarray
     next_index: jnp.ndarray
+    self_keep: jnp.ndarray | None = None

@@ -115,10 +115,24 @@ class ChronosT5Pipeline:
     def model_prediction_length(self) -> int:
         return self.config.prediction_length
 
+    # ---- the token space: what a subclass with another tokenizer overrides ---------------
+
+    def _context_tokens(self, context: np.ndarray):
+        """Encoder ids, mask ``[B, T']`` and scale ``[B]`` of ``context [B, T]``."""
+        return self.tokenizer.context_input_transform(context)
+
+    def _decoder_inputs(self, ids: np.ndarray, mask: np.ndarray) -> dict:
+        """Extra :func:`sample_tokens` arguments (a decoder prefix); Chronos starts from PAD."""
+        return {}
+
+    def _values(self, tokens: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """Token ids ``[B, S, H]`` -> values ``[B, S, H]``."""
+        return self.tokenizer.output_transform(tokens, scale)
+
     def _tokenize(self, context: np.ndarray):
         """Tokens padded on the left to a bucket length (masked, so results are unchanged)."""
-        ids, mask, scale = self.tokenizer.context_input_transform(context)
-        n_values = ids.shape[1] - int(self.config.use_eos_token)
+        ids, mask, scale = self._context_tokens(context)
+        n_values = min(context.shape[1], self.config.context_length)  # ids less EOS, if any
         pad = bucket_length(n_values, self.config.context_length) - n_values
         if pad > 0:
             ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=self.config.pad_token_id)
@@ -129,7 +143,7 @@ class ChronosT5Pipeline:
         """Encoder embeddings ``[B, T (+1 for EOS), d_model]`` and the scale ``[B]``; T is the
         (truncated) context length, as upstream (no bucket padding here)."""
         arr = prepare_context(context)
-        ids, mask, scale = self.tokenizer.context_input_transform(arr)
+        ids, mask, scale = self._context_tokens(arr)
         return np.asarray(encode(self.model, ids, mask)), scale
 
     def predict(
@@ -196,8 +210,9 @@ class ChronosT5Pipeline:
                 temperature=temperature,
                 top_k=top_k,
                 top_p=top_p,
+                **self._decoder_inputs(ids, mask),
             )
-            values = self.tokenizer.output_transform(np.asarray(tokens), scale)  # [B, S, n]
+            values = self._values(np.asarray(tokens), scale)  # [B, S, n]
             chunks.append(values)
             remaining -= n
             step += 1
