@@ -305,10 +305,6 @@ def _label(row: dict) -> str:
     return "noise floor" if row["arm"] == "noise" else f"{row['arm']} vs {row['reference']}"
 
 
-def _fmt(x, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 def format_table(rows: list[dict]) -> str:
     """The summary as text: one line per dataset, comparison and metric."""
     lines = [f"{'dataset':14s} {'comparison':16s} {'metric':6s} {'n':>5s} {'reference':>10s} "
@@ -320,7 +316,7 @@ def format_table(rows: list[dict]) -> str:
                f"{100 * r['rel_ci_high']:+.2f}]" if r["rel_change"] is not None else "n/a")  # fmt: skip
         lines.append(f"{r['dataset']:14s} {_label(r):16s} {r['metric']:6s} {r['n']:5d} "
                      f"{r['mean_a']:10.4g} {r['mean_b']:10.4g} {ci:>32s} {rel:>26s} "
-                     f"{r['win_rate']:5.2f} {_fmt(r['p_wilcoxon'], '8.2g')}")  # fmt: skip
+                     f"{r['win_rate']:5.2f} {r['p_wilcoxon']:8.2g}")  # fmt: skip
     return "\n".join(lines)
 
 
