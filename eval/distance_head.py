@@ -414,7 +414,7 @@ def arg_parser():
     p.add_argument(
         "--upstream-compat",
         action="store_true",
-        help="run the heads with the published tokenizer and decoder feeding",
+        help="run --head and --control with the published tokenizer and decoder feeding",
     )
     p.add_argument("--data-dir", default=None, help="folder with the dataset files")
     p.add_argument("--datasets", default="auto", help="comma-separated; see above")
