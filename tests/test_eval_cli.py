@@ -171,8 +171,8 @@ def test_require_finite():
 
 
 @pytest.mark.parametrize(
-    "module", ["eval.spec", "eval.forecast", "eval.chronos_t5", "bench.timer_xl", "bench.spec",
-               "bench.chronos"],
+    "module", ["eval.spec", "eval.forecast", "eval.chronos_t5", "eval.distance_head",
+               "bench.timer_xl", "bench.spec", "bench.chronos"],
 )  # fmt: skip
 def test_help_shows_every_default(module):
     p = importlib.import_module(module).arg_parser()
