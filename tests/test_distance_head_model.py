@@ -372,3 +372,10 @@ def test_from_pretrained_hf_base_and_jaxts_head(tmp_path):
     assert pipe.predict(series_batch(), top_k=1).shape == (3, 20, 6)
     with pytest.raises(TypeError, match="expected a DistanceAwareChronos, got ChronosT5"):
         DistanceAwareChronosPipeline(pipe.model.base)
+    # upstream's distance_output.pt (no temperature in it: 1.0) through the bridge
+    from bridges.distance_head import save_distance_head
+
+    pt = save_distance_head(head.layer, tmp_path / "distance_output.pt")
+    pipe = DistanceAwareChronosPipeline.from_pretrained(tmp_path / "base", pt, upstream_compat=True)
+    assert pipe.model.upstream_compat and float(pipe.model.head.temperature[...]) == 1.0
+    np.testing.assert_array_equal(pipe.model.head(h), head.layer(h))
