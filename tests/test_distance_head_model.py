@@ -112,6 +112,20 @@ def test_layer_matches_reference(hidden, bins, b, s, temperature):
     )
 
 
+def test_a_zero_width_stays_finite_as_upstream():
+    """Upstream divides by ``2 w^2 + 1e-8``: a width trained to 0 gives large, finite logits."""
+    tl = torch_layer(16, 64, seed=3)
+    with torch.no_grad():
+        tl.gaussian_widths[:8] = 0.0
+    ours = flax_twin(tl)
+    h = np.random.default_rng(0).standard_normal((2, 3, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = tl(torch.from_numpy(h)).numpy()
+    got = np.asarray(ours(jnp.asarray(h)))
+    assert np.isfinite(got).all() and np.isfinite(want).all()
+    np.testing.assert_allclose(got, want, rtol=LAYER_TOL, atol=LAYER_TOL * np.abs(want).max())
+
+
 def test_eval_is_deterministic_and_train_mode_drops_out():
     ours = flax_twin(torch_layer(16, 64))
     h = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 16)), jnp.float32)

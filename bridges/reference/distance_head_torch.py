@@ -47,7 +47,7 @@ class DistanceAwareOutputLayer(nn.Module):
         predicted_value = self.value_projection(hidden_states)
         confidence = torch.sigmoid(self.confidence_projection(hidden_states))
         distances = (predicted_value - self.gaussian_centers) ** 2
-        gaussian_logits = -distances / (2 * self.gaussian_widths**2)
+        gaussian_logits = -distances / (2 * self.gaussian_widths**2 + 1e-8)
         ordinal_features = self.ordinal_embed.weight.mean(dim=0)
         ordinal_features = ordinal_features.unsqueeze(0).unsqueeze(0)
         ordinal_features = ordinal_features.expand(batch_size, seq_len, -1)

@@ -80,6 +80,9 @@ def _torch_linear(d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
     return nnx.Linear(d_in, d_out, kernel_init=uniform, bias_init=uniform, rngs=rngs)
 
 
+WIDTH_EPS = 1e-8
+
+
 class DistanceAwareOutputLayer(nnx.Module):
     """Upstream's ``DistanceAwareOutputLayer``; parameters (flax kernels ``[in, out]``):
     ``gaussian_centers [1, N]``, ``gaussian_widths [N]``, ``ordinal_embed.embedding [N, 64]``,
@@ -118,7 +121,8 @@ class DistanceAwareOutputLayer(nnx.Module):
         pv = self.value_projection(h)  # [..., 1] predicted (scaled) value
         c = jax.nn.sigmoid(self.confidence_projection(h))  # [..., 1]
         widths = self.gaussian_widths[...]
-        g = -((pv - self.gaussian_centers[...]) ** 2) / (2 * widths**2)  # [..., N]
+        # upstream's + 1e-8 keeps a width trained to 0 finite (it is in the published code)
+        g = -((pv - self.gaussian_centers[...]) ** 2) / (2 * widths**2 + WIDTH_EPS)  # [..., N]
         o = jnp.mean(self.ordinal_embed.embedding[...], axis=0)  # [64], the same for every row
         o = jnp.broadcast_to(o, (*h.shape[:-1], ORDINAL_DIM))  # [..., 64]
         m = jnp.concatenate([h, pv, o], axis=-1)  # [..., H + 65]
