@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.timer_xl
 	$(BIN)/python -m bench.spec
 	$(BIN)/python -m bench.chronos
+	$(BIN)/python -m bench.distance_head --force
 
 clean-venv:
 	rm -rf $(VENV)
