@@ -172,7 +172,7 @@ def test_require_finite():
 
 @pytest.mark.parametrize(
     "module", ["eval.spec", "eval.forecast", "eval.chronos_t5", "eval.distance_head",
-               "bench.timer_xl", "bench.spec", "bench.chronos"],
+               "bench.timer_xl", "bench.spec", "bench.chronos", "bench.distance_head"],
 )  # fmt: skip
 def test_help_shows_every_default(module):
     p = importlib.import_module(module).arg_parser()
