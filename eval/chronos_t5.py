@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "runs/chronos_t5_tiny/best"
 # eval/ never trains (it would depend on the training layer): a missing default is reported
 # with the command that makes it.
-RECIPE = "python -m train.chronos --config configs/chronos_t5_tiny.yaml"
+RECIPE = "python -m train.chronos_t5 --config configs/chronos_t5_tiny.yaml"
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 __all__ = [
@@ -244,7 +244,9 @@ def _main(args) -> None:
         raise ValueError("--max-series must be >= 1")
     out = check_output_dir(args.out, args.force)
     model = Path(args.model)
-    if not model.is_absolute() and not model.exists():
+    # The default names the repository's own run (wherever the command starts); a path the
+    # user gives is relative to the working directory first.
+    if args.model == DEFAULT_MODEL or (not model.is_absolute() and not model.exists()):
         model = ROOT / model
     if args.model == DEFAULT_MODEL and not model.exists():
         raise FileNotFoundError(

@@ -107,7 +107,7 @@ def test_missing_default_chronos_model_names_its_training_command(tmp_path, monk
     assert eval_chronos.main(["--out", str(tmp_path / "out"), "--no-progress"]) == 2
     line = one_error_line(capsys)
     assert "no model at runs/chronos_t5_tiny/best" in line
-    assert "`python -m train.chronos --config configs/chronos_t5_tiny.yaml`" in line
+    assert "`python -m train.chronos_t5 --config configs/chronos_t5_tiny.yaml`" in line
 
 
 # ---- outputs -------------------------------------------------------------------------------

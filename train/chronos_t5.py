@@ -365,24 +365,38 @@ def add_max_steps(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def windows_main(
+    argv,
+    run_fn,
+    *,
+    prog: str,
+    description: str,
+    set_example: str,
+    path_flag: str,
+    path_key: str,
+    path_help: str,
+) -> int:
+    """The command line of a random-window Chronos recipe: train.common's arguments, one path
+    option (``path_flag`` -> config key ``path_key``, passed as a string) and ``--max-steps``."""
     from jaxts._cli import exit_code
     from train.common import cli_parser, load_run_config
 
-    parser = cli_parser(
-        "python -m train.chronos_t5",
-        "Pre-train (or fine-tune) a Chronos-T5 on random windows of local series.",
-        "optim.train_epochs=2",
-    )
-    parser.add_argument(
-        "--init-from",
-        default=None,
-        help="fine-tune from an HF Chronos or jaxts model dir (chronos_t5.init_from)",
-    )
+    parser = cli_parser(prog, description, set_example)
+    parser.add_argument(path_flag, default=None, help=f"{path_help} ({path_key})")
     add_max_steps(parser)
     args = parser.parse_args(argv)
-    paths = {"chronos_t5.init_from": args.init_from}
-    return exit_code(lambda: run(load_run_config(args, paths), max_steps=args.max_steps))
+    paths = {path_key: getattr(args, path_flag.lstrip("-").replace("-", "_"))}
+    return exit_code(lambda: run_fn(load_run_config(args, paths), max_steps=args.max_steps))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return windows_main(
+        argv, run, prog="python -m train.chronos_t5",
+        description="Pre-train (or fine-tune) a Chronos-T5 on random windows of local series.",
+        set_example="optim.train_epochs=2", path_flag="--init-from",
+        path_key="chronos_t5.init_from",
+        path_help="fine-tune from an HF Chronos or jaxts model dir",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -46,9 +46,9 @@ import optax
 from train.chronos_t5 import (
     ChronosWindows,
     _CsvLog,
-    add_max_steps,
     fit_and_summarize,
     load_series,
+    windows_main,
 )
 from train.config import ConfigError, RunConfig, model_section, updated
 from train.losses import IGNORE_INDEX, token_cross_entropy
@@ -295,23 +295,13 @@ def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jaxts._cli import exit_code
-    from train.common import cli_parser, load_run_config
-
-    parser = cli_parser(
-        ENTRY,
-        "Train a distance-aware output head on a frozen Chronos-T5 (head and temperature only).",
-        "distance_head.loss=ce",
-    )
-    parser.add_argument(
-        "--base",
-        default=None,
-        help="the frozen Chronos-T5: an HF Chronos or jaxts chronos_t5 dir (distance_head.base)",
-    )
-    add_max_steps(parser)
-    args = parser.parse_args(argv)
-    paths = {"distance_head.base": args.base}
-    return exit_code(lambda: run(load_run_config(args, paths), max_steps=args.max_steps))
+    return windows_main(
+        argv, run, prog=ENTRY,
+        description="Train a distance-aware output head on a frozen Chronos-T5 (head and "
+        "temperature only).",
+        set_example="distance_head.loss=ce", path_flag="--base", path_key="distance_head.base",
+        path_help="the frozen Chronos-T5: an HF Chronos or jaxts chronos_t5 dir",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
