@@ -269,9 +269,8 @@ class _CsvLog:
 def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=None) -> dict:
     """Train; returns a summary dict (also written to ``out/summary.json``). ``max_steps``
     stops early (resumable), as :meth:`train.trainer.Trainer.fit`."""
-    from train.common import check_sections, devices_line, n_params, prepare_run_dir
+    from train.common import check_sections, n_params, prepare_run_dir
     from train.optim import chronos_optimizer
-    from train.trainer import Trainer
 
     check_sections(cfg, "python -m train.chronos_t5", own="chronos_t5")
     if cfg.model is not None and cfg.model.name != "chronos_t5":
@@ -287,11 +286,7 @@ def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=
     total = o.train_epochs * c.steps_per_epoch
     data = ChronosWindows(series, ccfg, total * o.batch_size, o.seed, c.min_past)
     out = prepare_run_dir(cfg)
-    print(
-        "series: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-        + f" ({len(data.series)} usable of {len(series)}); {devices_line()}",
-        flush=True,
-    )  # fmt: skip
+    print_series(counts, data, series)
     print(
         f"Chronos-T5: {n_params(model):,} parameters; context {ccfg.context_length}, horizon "
         f"{ccfg.prediction_length}; {o.train_epochs} x {c.steps_per_epoch} steps of "
@@ -300,6 +295,40 @@ def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=
     )
     tx, schedule = chronos_optimizer(o.learning_rate, total, c.warmup_steps, c.schedule,
                                      o.weight_decay, c.grad_clip)  # fmt: skip
+    trainer, log = windows_trainer(model, chronos_loss, data, cfg, c.steps_per_epoch, tx,
+                                   schedule, out, devices=devices, callback=callback)  # fmt: skip
+    return fit_and_summarize(trainer, log, t_start, max_steps, series=counts,
+                             batch_size=o.batch_size, steps=total)  # fmt: skip
+
+
+def print_series(counts: dict[str, int], data, series) -> None:
+    from train.common import devices_line
+
+    print(
+        "series: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + f" ({len(data.series)} usable of {len(series)}); {devices_line()}",
+        flush=True,
+    )  # fmt: skip
+
+
+def windows_trainer(
+    model,
+    loss,
+    data,
+    cfg: RunConfig,
+    steps_per_epoch: int,
+    tx,
+    schedule,
+    out: Path,
+    *,
+    devices=None,
+    callback=None,
+    export_best=None,
+):
+    """``(Trainer, metrics.csv log)`` of a random-window recipe: one "epoch" is
+    ``steps_per_epoch`` steps, and with no validation set every epoch exports ``best``."""
+    from train.trainer import Trainer
+
     log = _CsvLog(out / "metrics.csv", schedule, cfg.run.log_every_steps)
 
     def cb(info):
@@ -307,20 +336,13 @@ def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=
         if callback is not None:
             callback(info)
 
-    # One "epoch" = steps_per_epoch steps; no validation set, so every epoch exports `best`.
     trainer = Trainer(
-        model,
-        chronos_loss,
-        data,
-        optim=o.model_copy(update={"max_steps_per_epoch": c.steps_per_epoch}),
-        run=cfg.run,
-        tx=tx,
-        schedule=schedule,
-        devices=devices,
+        model, loss, data,
+        optim=cfg.optim.model_copy(update={"max_steps_per_epoch": steps_per_epoch}),
+        run=cfg.run, tx=tx, schedule=schedule, devices=devices, export_best=export_best,
         callback=cb,
-    )
-    return fit_and_summarize(trainer, log, t_start, max_steps, series=counts,
-                             batch_size=o.batch_size, steps=total)  # fmt: skip
+    )  # fmt: skip
+    return trainer, log
 
 
 def fit_and_summarize(trainer, log: _CsvLog, t_start: float, max_steps: int | None, **extra):

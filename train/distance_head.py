@@ -48,7 +48,9 @@ from train.chronos_t5 import (
     _CsvLog,
     fit_and_summarize,
     load_series,
+    print_series,
     windows_main,
+    windows_trainer,
 )
 from train.config import ConfigError, RunConfig, model_section, updated
 from train.losses import IGNORE_INDEX, token_cross_entropy
@@ -228,8 +230,7 @@ class Prepared(NamedTuple):
 def prepare(cfg: RunConfig, *, devices=None, callback=None) -> Prepared:
     """Check the config, load the data and the base, write the run folder's ``config.yaml`` and
     build the Trainer (nothing trained yet)."""
-    from train.common import check_sections, devices_line, n_params, prepare_run_dir
-    from train.trainer import Trainer
+    from train.common import check_sections, n_params, prepare_run_dir
 
     check_sections(cfg, ENTRY, own="distance_head")
     c = cfg.distance_head
@@ -245,11 +246,7 @@ def prepare(cfg: RunConfig, *, devices=None, callback=None) -> Prepared:
     total = o.train_epochs * c.steps_per_epoch
     data = HeadWindows(series, wcfg, total * o.batch_size, o.seed, c.min_past, feeding=c.feeding)
     out = prepare_run_dir(cfg)
-    print(
-        "series: " + ", ".join(f"{k} {v}" for k, v in counts.items())
-        + f" ({len(data.series)} usable of {len(series)}); {devices_line()}",
-        flush=True,
-    )  # fmt: skip
+    print_series(counts, data, series)
     print(
         f"distance head: {n_params(model.head):,} trainable parameters on a frozen Chronos-T5 "
         f"of {n_params(model.base):,} ({c.base}); context {wcfg.context_length}, labels "
@@ -259,28 +256,12 @@ def prepare(cfg: RunConfig, *, devices=None, callback=None) -> Prepared:
     )
     tx, schedule = head_only_optimizer(o.learning_rate, total, c.warmup_steps, c.schedule,
                                        o.weight_decay, c.grad_clip)  # fmt: skip
-    log = _CsvLog(out / "metrics.csv", schedule, cfg.run.log_every_steps)
-
-    def cb(info):
-        log(info)
-        if callback is not None:
-            callback(info)
-
     recipe = {"feeding": c.feeding, "loss": c.loss, "context_length": wcfg.context_length,
               "prediction_length": wcfg.prediction_length, "steps": total}  # fmt: skip
-    # One "epoch" = steps_per_epoch steps; no validation set, so every epoch exports `best`.
-    trainer = Trainer(
-        model,
-        head_loss(c.loss, tuple(c.weights), c.alpha, c.beta, c.sigma, wcfg.eos_token_id),
-        data,
-        optim=o.model_copy(update={"max_steps_per_epoch": c.steps_per_epoch}),
-        run=cfg.run,
-        tx=tx,
-        schedule=schedule,
-        devices=devices,
-        export_best=export_head(c.base, recipe),
-        callback=cb,
-    )
+    loss = head_loss(c.loss, tuple(c.weights), c.alpha, c.beta, c.sigma, wcfg.eos_token_id)
+    trainer, log = windows_trainer(model, loss, data, cfg, c.steps_per_epoch, tx, schedule, out,
+                                   devices=devices, callback=callback,
+                                   export_best=export_head(c.base, recipe))  # fmt: skip
     return Prepared(trainer, cfg, log, counts, recipe)
 
 
