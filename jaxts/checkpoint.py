@@ -304,22 +304,31 @@ def _restore(params_dir: Path, target: dict) -> dict:
 
 
 @contextlib.contextmanager
-def _orbax_errors(params_dir: Path):
-    """Keep a damaged checkpoint to the one line of our CheckpointError. Inside: orbax's own
-    log lines about it are held back. After a failure: tensorstore still completes the reads
-    in flight, each calling back into orbax's closed event loop ("Event loop is closed", 15-22
-    tracebacks for a small model) or leaving an unretrieved exception that asyncio logs; both
-    echo the failure already reported and are dropped, for this directory only."""
+def quiet_orbax():
+    """Hold back orbax's own log lines (absl ERRORs for every unreadable file it meets): the
+    caller reports a damaged checkpoint in its own words, once."""
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.CRITICAL)
     try:
         yield
-    except CheckpointError:
-        _drop_echoes(str(params_dir))
-        raise
     finally:
         absl.setLevel(level)
+
+
+@contextlib.contextmanager
+def _orbax_errors(params_dir: Path):
+    """Keep a damaged checkpoint to the one line of our CheckpointError. Inside: orbax's log
+    lines are held back (:func:`quiet_orbax`). After a failure: tensorstore still completes the
+    reads in flight, each calling back into orbax's closed event loop ("Event loop is closed",
+    15-22 tracebacks for a small model) or leaving an unretrieved exception that asyncio logs;
+    both echo the failure already reported and are dropped, for this directory only."""
+    with quiet_orbax():
+        try:
+            yield
+        except CheckpointError:
+            _drop_echoes(str(params_dir))
+            raise
 
 
 def _drop_echoes(where: str) -> None:

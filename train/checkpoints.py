@@ -9,8 +9,6 @@ before it is used.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,19 +23,6 @@ __all__ = ["CheckpointError", "TrainCheckpoints"]
 
 class CheckpointError(jaxts_checkpoint.CheckpointError):
     """No training checkpoint of a run folder can be restored."""
-
-
-@contextlib.contextmanager
-def _quiet_orbax():
-    """Orbax logs (absl ERROR lines) every unreadable file it meets; :meth:`restore` says what
-    it found in one note per checkpoint instead."""
-    log = logging.getLogger("absl")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 class TrainCheckpoints:
@@ -55,7 +40,7 @@ class TrainCheckpoints:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self.max_to_keep, enable_async_checkpointing=False, create=True
         )
-        with _quiet_orbax():
+        with jaxts_checkpoint.quiet_orbax():
             self.mgr = ocp.CheckpointManager(self.directory, options=options)
         return self
 
@@ -92,7 +77,7 @@ class TrainCheckpoints:
         ``jax.ShapeDtypeStruct`` with shardings), None for a fresh run; a CheckpointError (one
         line) when there are steps but none is readable, and then nothing is moved."""
         failed: list[tuple[int, str]] = []
-        with _quiet_orbax():
+        with jaxts_checkpoint.quiet_orbax():
             for step in sorted(self.mgr.all_steps(), reverse=True):
                 try:
                     got = self._restore_step(step, like)
