@@ -1,6 +1,6 @@
 """Run configuration: a YAML file with sections ``model``, ``data``, ``optim`` and ``run``, plus
-``distill`` (``train.distill``), ``chronos_t5`` (``train.chronos_t5``) or ``distance_head``
-(``train.distance_head``).
+``distill`` (``train.distill``), ``chronos_t5`` (``train.chronos_t5``), ``distance_head``
+(``train.distance_head``) or ``chronos2`` (``train.chronos2``).
 
 Every section is a frozen pydantic v2 model with ``extra="forbid"``: an unknown key (a typo such
 as ``learing_rate`` is the worst failure mode of a training config), a value of the wrong type
@@ -29,6 +29,8 @@ from jaxts.config import build, config_model, format_errors
 from jaxts.registry import FAMILIES
 
 __all__ = [
+    "Chronos2TaskWeights",
+    "Chronos2TrainConfig",
     "ChronosT5TrainConfig",
     "ConfigError",
     "DataConfig",
@@ -55,6 +57,7 @@ RECIPE_OWNERS = {
     "distill": "python -m train.distill",
     "chronos_t5": "python -m train.chronos_t5",
     "distance_head": "python -m train.distance_head",
+    "chronos2": "python -m train.chronos2",
 }
 RECIPE_SECTIONS = tuple(RECIPE_OWNERS)
 
@@ -211,6 +214,50 @@ class DistanceHeadTrainConfig(_Section):
     _datasets_out = pydantic.field_validator("datasets")(_not_empty)
 
 
+class Chronos2TaskWeights(_Section):
+    """Mixture weights of the task kinds of a Chronos-2 training slot (``train.chronos2_data``),
+    normalised to sum 1; a kind the data cannot serve is dropped."""
+
+    univariate: NonNegative = 0.3  # series alone, each its own group
+    multivariate: NonNegative = 0.3  # variates of one window together, all targets
+    covariates: NonNegative = 0.2  # the same, some variates known future covariates
+    cross_learning: NonNegative = 0.2  # unrelated M4 series in one group
+
+
+class Chronos2TrainConfig(_Section):
+    """Chronos-2 training on random multi-series tasks (``train.chronos2``).
+
+    ``optim.batch_size`` counts task slots of ``max_group_size`` rows each (the model sees
+    ``batch_size * max_group_size`` series per step). An "epoch" is ``steps_per_epoch`` steps,
+    after which the loss on ``val_tasks`` fixed slots of the val splits is computed and the best
+    model by it exported (early stopping after ``optim.patience`` epochs without improvement).
+    AdamW (``optim.learning_rate``, decoupled ``optim.weight_decay``) on the per-step
+    ``schedule`` after ``warmup_steps``, global-norm clipping at ``grad_clip``.
+    ``optim.lradj``, ``tmax``, ``valid_last`` and ``max_steps_per_epoch`` do not apply.
+    """
+
+    # Sources: ETT / weather names or CSV paths (every column a variate) and 'm4_hourly'.
+    datasets: tuple[str, ...] = (
+        "ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather", "m4_hourly",
+    )  # fmt: skip
+    task_weights: Chronos2TaskWeights = Chronos2TaskWeights()
+    max_group_size: Annotated[int, Field(ge=2)] = 8  # rows per slot = the largest group
+    # Forecast patches per window (horizon = this x output_patch_size); null: the model's
+    # max_output_patches.
+    num_output_patches: Positive | None = None
+    min_past: Positive = 32  # the shortest context drawn (and the least history a window needs)
+    short_context_prob: Annotated[float, Field(ge=0, le=1)] = 0.3  # else the full context
+    fill: Literal["univariate", "nan"] = "univariate"  # rows a group task leaves free
+    steps_per_epoch: Positive = 100  # validation and best/ every this many steps
+    val_tasks: Annotated[int, Field(ge=0)] = 64  # slots of the val splits; 0: no validation
+    schedule: Literal["linear", "cosine", "constant"] = "cosine"  # per-step, after warmup
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    grad_clip: NonNegative = 1.0  # 0 = off
+
+    _datasets_in = pydantic.field_validator("datasets", mode="before")(_one_or_many)
+    _datasets_out = pydantic.field_validator("datasets")(_not_empty)
+
+
 def _family_section(name: str) -> type[pydantic.BaseModel]:
     """The ``model`` section of family ``name``: its config's fields plus ``name``."""
     base = config_model(FAMILIES[name].config_class())
@@ -236,6 +283,7 @@ class RunConfig(_Section):
     distill: DistillConfig | None = None
     chronos_t5: ChronosT5TrainConfig | None = None
     distance_head: DistanceHeadTrainConfig | None = None
+    chronos2: Chronos2TrainConfig | None = None
 
     @pydantic.field_validator("model", mode="before")
     @classmethod

@@ -1,0 +1,208 @@
+"""Chronos-2 training on random multi-series tasks (issue 11 §4).
+
+``python -m train.chronos2 --config configs/chronos2_cpu.yaml [--set section.key=value ...]
+[--data-dir DIR] [--out DIR] [--max-steps N]``
+
+* model: :class:`jaxts.models.chronos2.Chronos2Model` of the ``model`` section (``name:
+  chronos2``, nested ``core:`` / ``chronos:`` as its ``config.json``), fresh weights seeded from
+  ``optim.seed``, dropout on while training;
+* data: the train parts of ``chronos2.datasets`` (ETT x4, weather, M4 Hourly minus the last
+  horizon of each series), drawn as task slots by :class:`train.chronos2_data.TaskSampler`:
+  univariate series, variates of one window together, the same with known future covariates,
+  and groups of unrelated M4 series (``chronos2.task_weights``), with random context lengths;
+  the horizon is ``num_output_patches`` output patches;
+* loss: the model's own quantile loss (upstream ``Chronos2Model``'s: pinball loss on the
+  instance-normalised target, masked where the target is missing or a known covariate; mean
+  over the horizon, sum over quantiles, mean over rows), taken over the rows that are not
+  padding;
+* validation: every ``steps_per_epoch`` steps, the same loss (dropout off) on ``val_tasks``
+  fixed slots of the val parts (ETT/weather val rows, M4's held-out last horizon); the best
+  model by it is exported to ``best/``;
+* AdamW + global-norm clipping on a per-step schedule (:func:`train.optim.chronos_optimizer`),
+  as upstream's ``Chronos2Pipeline.fit`` (HF Trainer: AdamW, linear decay, clip 1.0).
+
+The generic :class:`train.trainer.Trainer` runs the loop (mesh data parallelism, orbax
+checkpoints, resume, tqdm, ``metrics.jsonl``); slot ``i`` is a pure function of ``(seed, i)``
+and the Trainer's shuffle of ``(seed, epoch)``, so a resumed run replays the same batches.
+Outputs in ``--out``: ``best/`` (a jaxts ``chronos2`` checkpoint: ``jaxts.load_model``),
+``metrics.jsonl`` (steps and per-epoch train/val loss), ``metrics.csv`` (per logged step),
+``summary.json`` (with the val loss per epoch), ``config.yaml``. See
+``docs/chronos2_training.md``. Re-running the same command with the same ``--out`` resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+
+import jax.numpy as jnp
+
+from train.chronos2_data import TaskSampler, load_sources
+from train.chronos_t5 import _CsvLog, add_max_steps, fit_and_summarize
+from train.config import ConfigError, RunConfig, model_config, updated
+
+__all__ = ["build_model", "horizon_of", "main", "run", "samplers", "task_loss", "val_losses"]
+
+ENTRY = "python -m train.chronos2"
+
+
+# ---- loss ---------------------------------------------------------------------------------------
+
+
+@functools.cache  # one function object per horizon: a jit static of the Trainer's step
+def task_loss(num_output_patches: int):
+    """A Trainer loss ``(model, batch, mask [B]) -> scalar`` over task slots: the slots' rows
+    flattened into one Chronos-2 batch (group ids made unique per slot), ``model.loss`` with
+    the rows of invalid slots (``mask`` False) masked out, rescaled to the mean over the rows
+    that are not padding (padding rows add 0 to upstream's mean over rows; a batch with fewer
+    of them must not weigh more)."""
+
+    def loss(model, batch, mask):
+        context, target, covariates, groups = batch  # [B, G, C], [B, G, H], [B, G, H], [B, G]
+        b, g, c = context.shape
+        rows = b * g
+        group_ids = (groups + g * jnp.arange(b)[:, None]).reshape(rows)  # [B*G]
+        target_mask = ~jnp.isnan(target) & mask[:, None, None]  # [B, G, H]
+        real = ~jnp.all(jnp.isnan(context), axis=-1) & mask[:, None]  # [B, G]
+        value = model.loss(
+            context.reshape(rows, c),
+            target.reshape(rows, -1),
+            future_target_mask=target_mask.reshape(rows, -1),
+            group_ids=group_ids,
+            future_covariates=covariates.reshape(rows, -1),
+            num_output_patches=num_output_patches,
+        )
+        return value * rows / jnp.maximum(real.sum(), 1)
+
+    return loss
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+def build_model(cfg: RunConfig):
+    """A fresh Chronos-2 of the ``model`` section, parameters and dropout seeded from
+    ``optim.seed``."""
+    from flax import nnx
+
+    from jaxts.models.chronos2 import Chronos2Model
+
+    if cfg.model is None or cfg.model.name != "chronos2":
+        got = None if cfg.model is None else cfg.model.name
+        raise ConfigError(f"{ENTRY} needs a model section with name: chronos2, got {got!r}")
+    seed = cfg.optim.seed
+    return Chronos2Model(model_config(cfg), rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+
+
+def horizon_of(cfg: RunConfig, chronos) -> tuple[int, int]:
+    """``(num_output_patches, horizon)`` of the recipe for the model's forecasting config."""
+    n = cfg.chronos2.num_output_patches or chronos.max_output_patches
+    if n > chronos.max_output_patches:
+        raise ConfigError(
+            f"chronos2.num_output_patches {n} exceeds model.chronos.max_output_patches "
+            f"{chronos.max_output_patches}"
+        )
+    return n, n * chronos.output_patch_size
+
+
+def samplers(cfg: RunConfig, chronos, horizon: int, total_steps: int):
+    """``(train, val or None, counts)``: the task samplers of the run and the series found per
+    data set."""
+    c, o = cfg.chronos2, cfg.optim
+    length = chronos.context_length
+    kw = dict(seed=o.seed, context_length=length, horizon=horizon,
+              weights=c.task_weights.model_dump(), max_group_size=c.max_group_size,
+              min_past=c.min_past, short_context_prob=c.short_context_prob, fill=c.fill)  # fmt: skip
+    sources = load_sources(c.datasets, "train", length, horizon, c.min_past, cfg.data.data_dir)
+    train = TaskSampler(sources, size=total_steps * o.batch_size, **kw)
+    counts = {s.name: len(s.members) * s.n_columns for s in train.sources}
+    val = None
+    if c.val_tasks:
+        found = load_sources(c.datasets, "val", length, horizon, c.min_past, cfg.data.data_dir,
+                             log=lambda _: None)  # fmt: skip
+        val = TaskSampler(found, size=c.val_tasks, salt=1, **kw)
+    return train, val, counts
+
+
+def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=None) -> dict:
+    """Train; returns a summary dict (also written to ``out/summary.json``). ``max_steps``
+    stops early (resumable), as :meth:`train.trainer.Trainer.fit`."""
+    from train.common import check_sections, devices_line, n_params, prepare_run_dir
+    from train.optim import chronos_optimizer
+    from train.trainer import Trainer
+
+    check_sections(cfg, ENTRY, own="chronos2")
+    if cfg.chronos2 is None:  # recorded with its defaults
+        cfg = updated(cfg, {"chronos2": {}})
+    c, o = cfg.chronos2, cfg.optim
+    t_start = time.perf_counter()
+    model = build_model(cfg)
+    chronos = model.config.chronos
+    n_out, horizon = horizon_of(cfg, chronos)
+    total = o.train_epochs * c.steps_per_epoch
+    data, val, counts = samplers(cfg, chronos, horizon, total)
+    out = prepare_run_dir(cfg)
+    print(f"series: {', '.join(f'{k} {v}' for k, v in counts.items())}; {devices_line()}; "
+          f"task weights " + ", ".join(f"{k} {v:.2f}" for k, v in data.weights.items()),
+          flush=True)  # fmt: skip
+    print(
+        f"Chronos-2: {n_params(model):,} parameters; context {chronos.context_length}, horizon "
+        f"{horizon} ({n_out} patches); {o.train_epochs} x {c.steps_per_epoch} steps of "
+        f"{o.batch_size} slots x {c.max_group_size} rows; "
+        + (f"validation on {len(val)} slots" if val else "no validation"),
+        flush=True,
+    )
+    tx, schedule = chronos_optimizer(o.learning_rate, total, c.warmup_steps, c.schedule,
+                                     o.weight_decay, c.grad_clip)  # fmt: skip
+    log = _CsvLog(out / "metrics.csv", schedule, cfg.run.log_every_steps)
+
+    def cb(info):
+        log(info)
+        if callback is not None:
+            callback(info)
+
+    loss = task_loss(n_out)
+    trainer = Trainer(
+        model, loss, data, val,
+        optim=o.model_copy(update={"max_steps_per_epoch": c.steps_per_epoch}),
+        run=cfg.run, tx=tx, schedule=schedule, devices=devices, callback=cb,
+    )  # fmt: skip
+    summary = fit_and_summarize(trainer, log, t_start, max_steps, series=counts,
+                                batch_size=o.batch_size, rows_per_step=o.batch_size
+                                * c.max_group_size, horizon=horizon, steps=total)  # fmt: skip
+    summary["val_loss"] = val_losses(out / "metrics.jsonl")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def val_losses(path) -> dict[str, float]:
+    """``{step: val loss}`` of every epoch end in a run's ``metrics.jsonl`` (the last line of a
+    step wins: a resumed run repeats none, but a re-run epoch would)."""
+    out: dict[str, float] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("event") == "epoch" and r.get("val_loss") is not None:
+                out[str(r["step"])] = r["val_loss"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jaxts._cli import exit_code
+    from train.common import cli_parser, load_run_config
+
+    parser = cli_parser(
+        ENTRY,
+        "Train a Chronos-2 on random multi-series tasks (univariate, multivariate, covariates, "
+        "cross-learning groups) of local series.",
+        "chronos2.max_group_size=4",
+    )
+    add_max_steps(parser)
+    args = parser.parse_args(argv)
+    return exit_code(lambda: run(load_run_config(args), max_steps=args.max_steps))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
