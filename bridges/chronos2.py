@@ -73,14 +73,14 @@ def config_from_hf(hf: dict) -> Chronos2Config:
     """``config.json`` dict -> :class:`Chronos2Config`; unknown or unsupported fields raise."""
     if not isinstance(hf, dict) or "chronos_config" not in hf:
         raise ValueError("not a Chronos-2 config: config.json has no 'chronos_config'")
+    for name, want in _FIXED_FIELDS.items():  # first: another model's config says so here
+        if name in hf and hf[name] != want:
+            raise ValueError(f"config.json {name}={hf[name]!r} is not supported (need {want!r})")
     handled = set(_CORE_FIELDS) | _IGNORED_FIELDS | set(_FIXED_FIELDS)
     handled |= {"chronos_config", "dense_act_fn"}
     unknown = sorted(set(hf) - handled)
     if unknown:
         raise ValueError(f"config.json fields not handled by jaxts' Chronos-2: {unknown}")
-    for name, want in _FIXED_FIELDS.items():
-        if name in hf and hf[name] != want:
-            raise ValueError(f"config.json {name}={hf[name]!r} is not supported (need {want!r})")
     proj = hf.get("feed_forward_proj", "relu")
     if proj.startswith("gated-"):
         raise ValueError(f"config.json feed_forward_proj={proj!r}: gated activations unsupported")
