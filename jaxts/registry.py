@@ -77,6 +77,13 @@ FAMILIES: dict[str, Family] = {
             bridge="bridges.distance_head",
             upstream="Phoenix21 distance_output.pt (distance-aware Chronos head)",
         ),
+        Family(
+            name="chronos2",
+            config="jaxts.models.chronos2:Chronos2Config",
+            model="jaxts.models.chronos2:Chronos2Model",
+            bridge="bridges.chronos2",
+            upstream="HF Chronos-2 directory or hub id (config.json + model.safetensors)",
+        ),
     )
 }
 
