@@ -202,3 +202,77 @@ def test_invalid_inputs():
         similarity_matrix(x, "dtw")
     with pytest.raises(dataclasses.FrozenInstanceError):
         SoftGroupMask().temperature = 2.0
+
+
+# ---- the two limits against upstream chronos-forecasting -----------------------------------------
+
+HORIZON = 48  # within max_output_patches (4 x 16): one forward pass
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    """(upstream, jaxts) Chronos2Pipeline on the same tiny random model."""
+    pytest.importorskip("chronos")
+    from chronos.chronos2 import Chronos2Pipeline as Upstream
+
+    from bridges.reference.chronos2_hf import tiny_chronos2
+    from jaxts.pipelines.chronos2 import Chronos2Pipeline
+
+    path = tmp_path_factory.mktemp("chronos2") / "model"
+    tiny_chronos2(path, seed=3)
+    return Upstream.from_pretrained(str(path)), Chronos2Pipeline.from_pretrained(str(path))
+
+
+def _inputs(multivariate: bool):
+    """Ragged series with NaN gaps; with ``multivariate``, 2-D items (given groups of 2 and 3
+    variates) next to a 1-D one."""
+    rng = np.random.default_rng(7)
+
+    def walk(*shape):
+        x = np.cumsum(rng.normal(size=shape), -1) + rng.uniform(-5, 5, shape[:-1] + (1,))
+        x[rng.random(shape) < 0.1] = np.nan
+        return x.astype(np.float32)
+
+    if multivariate:
+        return [walk(2, 150), walk(3, 90), walk(120)]  # groups [0, 0, 1, 1, 1, 2]
+    return [walk(150), walk(90), walk(256), walk(40), walk(200)]
+
+
+def _stack(preds) -> np.ndarray:
+    return np.concatenate([np.asarray(p, np.float32) for p in preds])  # [series, Q, H]
+
+
+@pytest.mark.parametrize("multivariate", [False, True], ids=["univariate", "given_groups"])
+def test_limits_equal_upstream(pipelines, multivariate):
+    upstream, ours = pipelines
+    inputs = _inputs(multivariate)
+    n = 6 if multivariate else 5  # series in the batch
+    hard = _stack(upstream.predict(inputs, HORIZON, cross_learning=False))
+    full = _stack(upstream.predict(inputs, HORIZON, cross_learning=True))
+    assert np.abs(hard - full).max() > 1e-2  # the two limits are far apart on this model
+    # similarity 0 (bias = mask value across groups) = hard groups, at any temperature > 0
+    for t in (0.5, 20.0):
+        zero = SoftGroupMask(np.zeros((n, n)), temperature=t)
+        got = _stack(ours.predict(inputs, HORIZON, soft_mask=zero))
+        np.testing.assert_allclose(got, hard, atol=1e-4, rtol=1e-4)
+    # temperature 0 (bias 0) = full cross-learning, whatever the similarity
+    for sim in ("correlation", "gaussian"):
+        got = _stack(ours.predict(inputs, HORIZON, soft_mask=SoftGroupMask(sim, temperature=0)))
+        np.testing.assert_allclose(got, full, atol=1e-4, rtol=1e-4)
+    # in between: a soft mask is neither limit
+    soft = _stack(ours.predict(inputs, HORIZON, soft_mask=SoftGroupMask(np.full((n, n), 0.5))))
+    assert np.abs(soft - hard).max() > 1e-3 and np.abs(soft - full).max() > 1e-3
+
+
+def test_larger_temperature_moves_forecasts_towards_hard(pipelines):
+    """The measured direction: temperature up = stricter (towards hard groups), not softer."""
+    upstream, ours = pipelines
+    inputs = _inputs(multivariate=False)
+    hard = _stack(upstream.predict(inputs, HORIZON, cross_learning=False))
+    half = np.full((5, 5), 0.5)  # attention weight across groups x 0.5 ** temperature
+    preds = {t: _stack(ours.predict(inputs, HORIZON, soft_mask=SoftGroupMask(half, t)))
+             for t in (1.0, 5.0, 20.0, 200.0)}  # fmt: skip
+    dist = {t: np.abs(p - hard).max() for t, p in preds.items()}
+    assert dist[1.0] > dist[5.0] > dist[20.0], dist
+    # 0.5 ** 200 underflows float32: the cross-group weights vanish, hard groups exactly
+    np.testing.assert_allclose(preds[200.0], hard, atol=1e-4, rtol=1e-4)
