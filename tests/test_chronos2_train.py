@@ -332,7 +332,47 @@ def test_resume_gives_the_same_run(tiny_run, data_dir, tmp_path):
         run(_cfg(out, data_dir, "chronos2.max_group_size=3"))
 
 
-def test_config_errors(data_dir, tmp_path):
+def test_init_from_must_fit_the_model_section(tiny_run, data_dir, tmp_path):
+    """--init-from gives the model section's model its weights (settings that change no shape,
+    such as dropout, are the section's); other shapes are refused with the fields that differ;
+    without a section the checkpoint's own config is trained."""
+    from jaxts.checkpoint import load_model
+    from train.chronos2 import build_model, run
+    from train.config import updated
+
+    init = str(tiny_run[0] / "best")
+    cfg = _cfg(tmp_path, data_dir, f"chronos2.init_from={init}", "model.core.dropout_rate=0.2")
+    model, got = build_model(cfg)
+    assert got == cfg and model.config.core.dropout_rate == 0.2
+    for a, b in zip(_params(model), _params(load_model(init)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    model, got = build_model(updated(cfg, {"model": None}))
+    assert got.model.core.dropout_rate == 0.1 and model.config == load_model(init).config
+    out = tmp_path / "wide"
+    with pytest.raises(ConfigError, match=r"does not fit.*core.d_ff 32 \(model section 64\)"):
+        run(_cfg(out, data_dir, f"chronos2.init_from={init}", "model.core.d_ff=64"))
+    assert not out.exists()  # nothing written for a refused start
+
+
+def test_init_from_an_upstream_directory(data_dir, tmp_path):
+    """An HF Chronos-2 directory (upstream save_pretrained) fine-tunes with its own config."""
+    pytest.importorskip("torch")
+    from bridges.chronos2 import from_upstream
+    from bridges.reference.chronos2_hf import tiny_chronos2
+    from train.chronos2 import build_model
+    from train.config import updated
+
+    tiny_chronos2(tmp_path / "hf")
+    cfg = updated(
+        _cfg(tmp_path, data_dir), {"model": None, "chronos2.init_from": str(tmp_path / "hf")}
+    )
+    model, got = build_model(cfg)
+    assert got.model.name == "chronos2" and got.model.chronos.context_length == 256
+    for a, b in zip(_params(model), _params(from_upstream(tmp_path / "hf")), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_config_errors(data_dir, tmp_path, capsys):
     from train.chronos2 import main, run
 
     out = tmp_path / "bad"
@@ -344,6 +384,16 @@ def test_config_errors(data_dir, tmp_path):
         run(_cfg(out, data_dir, "chronos_t5.steps_per_epoch=3"))
     assert not out.exists()  # nothing written for a refused start
     assert main(["--config", str(TINY), "--out", str(out), "--set", "model.name=timer_xl"]) == 2
+    import yaml
+
+    raw = yaml.safe_load(TINY.read_text())
+    del raw["model"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    no_model = ["--config", str(tmp_path / "c.yaml"), "--out", str(out)]
+    assert main(no_model) == 2  # neither a model section nor --init-from
+    assert "needs a model section" in capsys.readouterr().err
+    assert main([*no_model, "--init-from", str(tmp_path / "missing")]) == 2
+    assert "missing: not a model directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--config", str(TINY), "--max-steps", "-1"])
 

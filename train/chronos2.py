@@ -1,11 +1,12 @@
 """Chronos-2 training on random multi-series tasks (issue 11 §4).
 
 ``python -m train.chronos2 --config configs/chronos2_cpu.yaml [--set section.key=value ...]
-[--data-dir DIR] [--out DIR] [--max-steps N]``
+[--data-dir DIR] [--out DIR] [--init-from DIR] [--max-steps N]``
 
 * model: :class:`jaxts.models.chronos2.Chronos2Model` of the ``model`` section (``name:
   chronos2``, nested ``core:`` / ``chronos:`` as its ``config.json``), fresh weights seeded from
-  ``optim.seed``, dropout on while training;
+  ``optim.seed`` or (``--init-from``) the weights of a trained Chronos-2 (same parameter shapes;
+  without a model section its own config), dropout on while training;
 * data: the train parts of ``chronos2.datasets`` (ETT x4, weather, M4 Hourly minus the last
   horizon of each series), drawn as task slots by :class:`train.chronos2_data.TaskSampler`:
   univariate series, variates of one window together, the same with known future covariates,
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 
 from train.chronos2_data import TaskSampler, load_sources
 from train.chronos_t5 import _CsvLog, add_max_steps, fit_and_summarize
-from train.config import ConfigError, RunConfig, model_config, updated
+from train.config import ConfigError, RunConfig, flat, model_config, model_section, updated
 
 __all__ = ["build_model", "horizon_of", "main", "run", "samplers", "task_loss", "val_losses"]
 
@@ -82,18 +83,61 @@ def task_loss(num_output_patches: int):
 # ---- the run ------------------------------------------------------------------------------------
 
 
+def _param_shapes(model) -> dict[str, tuple[int, ...]]:
+    import jax
+    from flax import nnx
+
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+    return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in leaves}
+
+
+def _require_same_shapes(model, loaded, init_from: str) -> None:
+    """Refuse initial weights whose parameter shapes differ from the model section's, naming
+    the config fields that differ."""
+    want, got = _param_shapes(model), _param_shapes(loaded)
+    bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    if not bad:
+        return
+    ours, theirs = flat(model.config.to_dict()), flat(loaded.config.to_dict())
+    fields = [f"{k} {theirs.get(k)!r} (model section {v!r})" for k, v in ours.items()
+              if theirs.get(k) != v]  # fmt: skip
+    raise ConfigError(
+        f"chronos2.init_from {init_from} does not fit the model section: {len(bad)} parameter "
+        f"arrays differ (e.g. {bad[0]}: {got.get(bad[0])} vs {want.get(bad[0])}); its config "
+        f"has {', '.join(fields)}; leave the model section out to train the checkpoint's config"
+    )
+
+
 def build_model(cfg: RunConfig):
-    """A fresh Chronos-2 of the ``model`` section, parameters and dropout seeded from
-    ``optim.seed``."""
+    """``(model, cfg)``: a Chronos-2 of the ``model`` section with the parameters and dropout
+    seeded from ``optim.seed``, fresh or (``chronos2.init_from``) with the weights of an HF
+    Chronos-2 directory / hub id / LoRA adapter or a jaxts model directory; ``cfg`` gets that
+    checkpoint's config as its model section when it has none."""
     from flax import nnx
 
     from jaxts.models.chronos2 import Chronos2Model
 
-    if cfg.model is None or cfg.model.name != "chronos2":
-        got = None if cfg.model is None else cfg.model.name
-        raise ConfigError(f"{ENTRY} needs a model section with name: chronos2, got {got!r}")
+    if cfg.model is not None and cfg.model.name != "chronos2":
+        raise ConfigError(f"{ENTRY} needs model.name: chronos2, got {cfg.model.name!r}")
+    init_from = cfg.chronos2.init_from
     seed = cfg.optim.seed
-    return Chronos2Model(model_config(cfg), rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+    if init_from is None:
+        if cfg.model is None:
+            raise ConfigError(
+                f"{ENTRY} needs a model section (name: chronos2), or chronos2.init_from to "
+                "fine-tune a checkpoint's model"
+            )
+        return Chronos2Model(model_config(cfg), rngs=rngs), cfg
+    from jaxts.pipelines.chronos2 import Chronos2Pipeline
+
+    loaded = Chronos2Pipeline.from_pretrained(init_from).model
+    if cfg.model is None:
+        cfg = updated(cfg, {"model": model_section(loaded.config)})
+    model = Chronos2Model(model_config(cfg), rngs=rngs)
+    _require_same_shapes(model, loaded, init_from)
+    nnx.update(model, nnx.state(loaded, nnx.Param))
+    return model, cfg
 
 
 def horizon_of(cfg: RunConfig, chronos) -> tuple[int, int]:
@@ -138,7 +182,7 @@ def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=
         cfg = updated(cfg, {"chronos2": {}})
     c, o = cfg.chronos2, cfg.optim
     t_start = time.perf_counter()
-    model = build_model(cfg)
+    model, cfg = build_model(cfg)
     chronos = model.config.chronos
     n_out, horizon = horizon_of(cfg, chronos)
     total = o.train_epochs * c.steps_per_epoch
@@ -151,7 +195,8 @@ def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=
         f"Chronos-2: {n_params(model):,} parameters; context {chronos.context_length}, horizon "
         f"{horizon} ({n_out} patches); {o.train_epochs} x {c.steps_per_epoch} steps of "
         f"{o.batch_size} slots x {c.max_group_size} rows; "
-        + (f"validation on {len(val)} slots" if val else "no validation"),
+        + (f"validation on {len(val)} slots" if val else "no validation")
+        + (f"; from {c.init_from}" if c.init_from else ""),
         flush=True,
     )
     tx, schedule = chronos_optimizer(o.learning_rate, total, c.warmup_steps, c.schedule,
@@ -199,9 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         "cross-learning groups) of local series.",
         "chronos2.max_group_size=4",
     )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="fine-tune from an HF Chronos-2 dir / hub id / LoRA adapter dir or a jaxts "
+        "chronos2 dir (chronos2.init_from)",
+    )
     add_max_steps(parser)
     args = parser.parse_args(argv)
-    return exit_code(lambda: run(load_run_config(args), max_steps=args.max_steps))
+    paths = {"chronos2.init_from": args.init_from}
+    return exit_code(lambda: run(load_run_config(args, paths), max_steps=args.max_steps))
 
 
 if __name__ == "__main__":

@@ -234,6 +234,7 @@ class Chronos2TrainConfig(_Section):
     AdamW (``optim.learning_rate``, decoupled ``optim.weight_decay``) on the per-step
     ``schedule`` after ``warmup_steps``, global-norm clipping at ``grad_clip``.
     ``optim.lradj``, ``tmax``, ``valid_last`` and ``max_steps_per_epoch`` do not apply.
+    ``init_from`` fine-tunes a trained Chronos-2 (upstream's ``fit`` uses a rate of 1e-6).
     """
 
     # Sources: ETT / weather names or CSV paths (every column a variate) and 'm4_hourly'.
@@ -253,6 +254,10 @@ class Chronos2TrainConfig(_Section):
     schedule: Literal["linear", "cosine", "constant"] = "cosine"  # per-step, after warmup
     warmup_steps: Annotated[int, Field(ge=0)] = 0
     grad_clip: NonNegative = 1.0  # 0 = off
+    # Fine-tune from an HF Chronos-2 dir / hub id / LoRA adapter dir or a jaxts chronos2 dir:
+    # its weights initialise the model section's model (same parameter shapes), or give the
+    # model when the section is absent.
+    init_from: str | None = None
 
     _datasets_in = pydantic.field_validator("datasets", mode="before")(_one_or_many)
     _datasets_out = pydantic.field_validator("datasets")(_not_empty)
