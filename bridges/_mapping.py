@@ -8,7 +8,8 @@ PyTorch -> Flax -> PyTorch returns identical tensors.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from jaxts.checkpoint import (
     first_line,
     flatten,
     load_params,
+    read_json,
 )
 
 __all__ = [
@@ -33,11 +35,13 @@ __all__ = [
     "flax_to_torch",
     "import_torch",
     "load_torch_state",
+    "read_hf_config",
     "torch_load",
     "torch_save",
     "torch_state",
     "torch_to_flax",
     "unflatten",
+    "write_hf_dir",
 ]
 
 
@@ -185,3 +189,31 @@ def torch_save(state_dict: Mapping[str, np.ndarray], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)
     return path
+
+
+# ---- HF directories: config.json + model.safetensors ---------------------------------------
+
+
+def read_hf_config(directory: Path, parse: Callable[[dict], object]):
+    """``parse`` of ``directory/config.json``; its ValueErrors come back headed by the file."""
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found")
+    hf = read_json(config_path)  # its CheckpointError already names the file
+    try:
+        return parse(hf)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from None
+
+
+def write_hf_dir(directory: str | Path, state_dict: Mapping[str, np.ndarray], config: dict):
+    """``model.safetensors`` (float32, torch's ``"pt"`` metadata) + ``config.json`` in
+    ``directory``, the layout ``from_pretrained`` of transformers reads."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    sd = {k: np.ascontiguousarray(v, np.float32) for k, v in state_dict.items()}
+    save_file(sd, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory

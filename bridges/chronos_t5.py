@@ -10,7 +10,6 @@ implement are rejected, not ignored.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,12 @@ from bridges._mapping import (
     expand_rules,
     import_torch,
     load_torch_state,
+    read_hf_config,
     torch_load,
     torch_state,
+    write_hf_dir,
 )
-from jaxts.checkpoint import CheckpointError, first_line, read_json
+from jaxts.checkpoint import CheckpointError, first_line
 from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
 from jaxts.models.chronos_tokenizer import ChronosConfig
 from jaxts.models.t5 import T5Config
@@ -287,14 +288,7 @@ def resolve_dir(path_or_repo_id: str | Path) -> Path:
 def from_hf(path_or_repo_id: str | Path) -> ChronosT5:
     """Load an HF Chronos-T5 directory (or hub id) as a :class:`ChronosT5` in eval mode."""
     directory = resolve_dir(path_or_repo_id)
-    config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found")
-    hf = read_json(config_path)
-    try:
-        cfg = config_from_hf(hf)
-    except ValueError as e:
-        raise ValueError(f"{config_path}: {e}") from None
+    cfg = read_hf_config(directory, config_from_hf)
     sd, source = read_state_dict(directory)
     return from_state_dict(sd, cfg, source)
 
@@ -305,14 +299,7 @@ def to_state_dict(model: ChronosT5) -> dict[str, np.ndarray]:
 
 def save_hf(model: ChronosT5, directory: str | Path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` loadable by ``ChronosPipeline``."""
-    from safetensors.numpy import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    sd = {k: np.ascontiguousarray(v, np.float32) for k, v in to_state_dict(model).items()}
-    save_file(sd, str(directory / SAFETENSORS_FILE), metadata={"format": "pt"})
-    (directory / CONFIG_FILE).write_text(json.dumps(config_to_hf(model.config), indent=2))
-    return directory
+    return write_hf_dir(directory, to_state_dict(model), config_to_hf(model.config))
 
 
 # ---- the bridge protocol of bridges.convert (config.json records everything: no options) ---

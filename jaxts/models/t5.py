@@ -270,6 +270,37 @@ class T5Stack(nnx.Module):
             max_distance=self.max_distance,
         )
 
+    def __call__(
+        self,
+        inputs_embeds: jnp.ndarray,
+        attention_mask: jnp.ndarray | None = None,
+        encoder_hidden_states: jnp.ndarray | None = None,
+        encoder_attention_mask: jnp.ndarray | None = None,
+    ) -> jnp.ndarray:
+        """HF ``T5Stack.forward`` from embeddings to the last hidden state (after the final layer
+        norm), so that models feeding their own embeddings (Chronos-Bolt's patches) reuse it.
+
+        Encoder: ``inputs_embeds [B, T, D]``, ``attention_mask [B, T]`` (bool, keys kept).
+        Decoder: ``inputs_embeds [B*S, L, D]`` under a causal mask (``attention_mask`` unused)
+        over ``encoder_hidden_states [B, T, D]`` with ``encoder_attention_mask [B, T]``.
+        """
+        n = inputs_embeds.shape[1]
+        pos = jnp.arange(n)
+        if self.is_decoder:
+            causal = pos[None, :] <= pos[:, None]
+            bias = self.position_bias(pos, pos) + additive_mask(causal)[None, None]
+            cross_bias = additive_mask(encoder_attention_mask[:, None, None, :])  # [B, 1, 1, T]
+            cross = [blk.layer[1].project_kv(encoder_hidden_states) for blk in self.block]
+        else:
+            bias = self.position_bias(pos, pos) + additive_mask(attention_mask[:, None, None, :])
+        h = self.dropout(inputs_embeds)
+        for i, block in enumerate(self.block):
+            h, _ = block.layer[0](h, bias)
+            if self.is_decoder:
+                h = block.layer[1](h, *cross[i], cross_bias)
+            h = block.layer[-1](h)
+        return self.dropout(self.final_layer_norm(h))
+
 
 class T5EncoderDecoder(nnx.Module):
     """HF ``T5ForConditionalGeneration`` without the loss: encode, decode, lm head."""
@@ -287,15 +318,7 @@ class T5EncoderDecoder(nnx.Module):
 
     def encode(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray) -> jnp.ndarray:
         """``input_ids, attention_mask [B, T]`` -> last hidden state ``[B, T, D]``."""
-        enc = self.encoder
-        t = input_ids.shape[1]
-        pos = jnp.arange(t)
-        bias = enc.position_bias(pos, pos) + additive_mask(attention_mask[:, None, None, :])
-        h = enc.dropout(self.shared(input_ids))
-        for block in enc.block:
-            h, _ = block.layer[0](h, bias)
-            h = block.layer[1](h)
-        return enc.dropout(enc.final_layer_norm(h))
+        return self.encoder(self.shared(input_ids), attention_mask)
 
     def cross_bias(self, attention_mask: jnp.ndarray) -> jnp.ndarray:
         return additive_mask(attention_mask[:, None, None, :])  # [B, 1, 1, T]
@@ -331,18 +354,11 @@ class T5EncoderDecoder(nnx.Module):
         """:meth:`decode` up to the decoder's last hidden state ``[B*S, L, D]``: after the final
         layer norm, before the lm head's ``d_model**-0.5`` scaling (HF's
         ``decoder_hidden_states[-1]``, what other output heads read)."""
-        dec = self.decoder
-        n = decoder_input_ids.shape[1]
-        pos = jnp.arange(n)
-        causal = pos[None, :] <= pos[:, None]
-        self_bias = dec.position_bias(pos, pos) + additive_mask(causal)[None, None]
-        cross_bias = self.cross_bias(attention_mask)
-        h = dec.dropout(self.shared(decoder_input_ids))
-        for block, (k, v) in zip(dec.block, self.cross_kv(enc_out), strict=True):
-            h, _ = block.layer[0](h, self_bias)
-            h = block.layer[1](h, k, v, cross_bias)
-            h = block.layer[2](h)
-        return dec.dropout(dec.final_layer_norm(h))
+        return self.decoder(
+            self.shared(decoder_input_ids),
+            encoder_hidden_states=enc_out,
+            encoder_attention_mask=attention_mask,
+        )
 
     def __call__(self, input_ids, attention_mask, decoder_input_ids):
         return self.decode(
