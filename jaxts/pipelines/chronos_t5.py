@@ -27,11 +27,13 @@ DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 _MIN_BUCKET = 64
 
 
-def prepare_context(context) -> np.ndarray:
+def prepare_context(context, *, allow_unobserved: bool = False) -> np.ndarray:
     """Array / list of 1-D series / pandas Series or DataFrame -> float32 ``[B, T]``.
 
     A list of series of different lengths is left-padded with NaN (upstream's
-    ``left_pad_and_stack_1D``); a DataFrame is one series per column.
+    ``left_pad_and_stack_1D``); a DataFrame is one series per column. A series with no
+    observed value is an error unless ``allow_unobserved`` (models that forecast one, as
+    Chronos-Bolt does from loc 0 / scale 1).
     """
     try:
         import pandas as pd
@@ -72,7 +74,7 @@ def prepare_context(context) -> np.ndarray:
     if np.isinf(arr).any():
         raise ValueError("context contains inf; use NaN for missing values")
     empty = np.nonzero(np.isnan(arr).all(axis=1))[0]
-    if empty.size:
+    if empty.size and not allow_unobserved:
         raise ValueError(f"context rows {empty.tolist()} have no observed (non-NaN) value")
     return arr
 
