@@ -265,3 +265,18 @@ def test_loaded_model_is_in_eval_mode(tmp_path):
     jm = bridge.from_hf(tmp_path)
     x = series()
     np.testing.assert_array_equal(np.asarray(jm(x)), np.asarray(jm(x)))
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"t5": {"vocab_size": 3}}, "t5.vocab_size must be 2"),
+        ({"t5": {"vocab_size": 2}, "chronos": {"use_reg_token": False}}, "must be 1"),
+        ({"chronos": {"quantiles": [0.5, 1.0]}}, r"in \(0, 1\)"),
+    ],
+    ids=["vocab", "vocab-no-reg", "quantile-range"],
+)
+def test_inconsistent_configs_are_rejected(raw, match):
+    base = {"t5": {**ChronosBoltConfig().t5.to_dict(), **raw.get("t5", {})}}
+    with pytest.raises(ValueError, match=match):
+        ChronosBoltConfig.from_dict({**base, "chronos": raw.get("chronos", {})})
