@@ -5,10 +5,12 @@
 
 from jaxts.checkpoint import load_model, save_model
 from jaxts.models.chronos2 import Chronos2Config, Chronos2Model
+from jaxts.models.chronos_bolt import ChronosBolt, ChronosBoltConfig
 from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
 from jaxts.models.distance_head import DistanceAwareChronos, DistanceHead, DistanceHeadConfig
 from jaxts.models.timer_xl import TimerXL, TimerXLConfig, rolling_forecast
 from jaxts.pipelines.chronos2 import Chronos2Pipeline
+from jaxts.pipelines.chronos_bolt import ChronosBoltPipeline
 from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline
 from jaxts.pipelines.distance_aware_chronos import DistanceAwareChronosPipeline
 from jaxts.soft_mask import SoftGroupMask
@@ -18,6 +20,9 @@ __all__ = [
     "Chronos2Config",
     "Chronos2Model",
     "Chronos2Pipeline",
+    "ChronosBolt",
+    "ChronosBoltConfig",
+    "ChronosBoltPipeline",
     "ChronosT5",
     "ChronosT5Config",
     "ChronosT5Pipeline",

@@ -84,6 +84,13 @@ FAMILIES: dict[str, Family] = {
             bridge="bridges.chronos2",
             upstream="HF Chronos-2 directory or hub id (config.json + model.safetensors)",
         ),
+        Family(
+            name="chronos_bolt",
+            config="jaxts.models.chronos_bolt:ChronosBoltConfig",
+            model="jaxts.models.chronos_bolt:ChronosBolt",
+            bridge="bridges.chronos_bolt",
+            upstream="HF Chronos-Bolt directory or hub id (config.json + model.safetensors)",
+        ),
     )
 }
 
