@@ -14,7 +14,7 @@ from flax import nnx
 
 from jaxts.data import DataError
 from tests.helpers import REPO, run_on_devices, write_csv
-from train.chronos2_data import Source, TaskSampler, load_sources
+from train.chronos2_data import Source, TaskSampler, Ungrouped, load_sources
 from train.config import ConfigError, load_config
 
 TINY = REPO / "configs" / "chronos2_tiny.yaml"
@@ -156,6 +156,18 @@ def test_tasks_are_a_function_of_seed_salt_and_index():
         assert not np.array_equal(a.batch(idx)[0], other.batch(idx)[0], equal_nan=True)
 
 
+def test_ungrouped_puts_every_row_alone():
+    s = _sampler(weights={"covariates": 1.0})
+    idx = np.arange(5)
+    *same, alone = Ungrouped(s).batch(idx)
+    *want, grouped = s.batch(idx)
+    for a, b in zip(same, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (grouped[:, 0] == grouped[:, 1]).all()  # a covariates task groups >= 2 rows ...
+    np.testing.assert_array_equal(alone, np.tile(np.arange(4), (5, 1)))  # ... now none
+    assert len(Ungrouped(s)) == len(s)
+
+
 def test_kinds_without_data_are_dropped_and_bad_settings_refused():
     panel_only = _sources()[:1]
     s = _sampler(panel_only)
@@ -240,6 +252,30 @@ def test_task_loss_is_the_model_loss_over_the_real_rows():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_context_quantile_loss_by_hand():
+    """The forecast-free reference: each row's median of its normalised context."""
+    from train.chronos2 import context_quantile_loss
+
+    nan = np.nan
+    ctx = np.array([[[1, 2, 3, 4], [nan] * 4, [5, 5, 5, 5]]], np.float32)  # [1, 3, 4]
+    sd = np.sqrt(1.25)  # row 0: loc 2.5, population std; the context median normalises to 0
+    target = np.array([[[2.5 + 2 * sd, nan], [nan, nan], [5, 5]]], np.float32)
+    batch = (ctx, target, np.full_like(target, nan), np.arange(3)[None])
+
+    class Fixed:
+        def __len__(self):
+            return 1
+
+        def batch(self, idx):
+            return tuple(a[idx] for a in batch)
+
+    # row 0: 2 |(2 - 0) (0 - 0.5)| = 2 at the observed step, mean over 2 steps = 1; row 1 is
+    # padding (left out); row 2: constant context and target -> 0. Mean over 2 rows: 0.5.
+    assert context_quantile_loss(Fixed(), (0.5,), False) == pytest.approx(0.5, rel=1e-6)
+    # arcsinh normalises the target too: asinh(2) instead of 2 for row 0
+    assert context_quantile_loss(Fixed(), (0.5,), True) == pytest.approx(np.arcsinh(2) / 4)
+
+
 def test_loss_falls_on_a_fixed_batch():
     import optax
 
@@ -295,13 +331,15 @@ def test_run_writes_metrics_and_a_loadable_best_model(tiny_run, data_dir):
     assert summary["finished"] and summary["global_step"] == 6
     assert summary["series"] == {str(data_dir / "syn.csv"): 3, "m4_hourly": 6}
     assert summary["rows_per_step"] == 16 and summary["horizon"] == 32
-    assert list(summary["val_loss"]) == ["3", "6"]
+    assert list(summary["val_loss"]) == ["3", "6"] == list(summary["val_loss_alone"])
+    assert 0 < summary["val_loss_context_quantiles"] < 20
     assert all(np.isfinite(v) for v in summary["val_loss"].values())
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert rows[0] == "step,epoch,loss,lr,seconds" and len(rows) == 7
     epochs = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in epochs if r["event"] == "epoch"]
     assert [r["val_loss"] for r in epochs] == list(summary["val_loss"].values())
+    assert [r["val_loss_alone"] for r in epochs] == list(summary["val_loss_alone"].values())
     model = load_model(out / "best")
     assert model.config.core.d_model == 16
     ctx = np.sin(np.arange(2 * 64, dtype=np.float32) / 4).reshape(2, 64)
@@ -320,6 +358,7 @@ def test_resume_gives_the_same_run(tiny_run, data_dir, tmp_path):
     second = run(_cfg(out, data_dir))
     assert second["finished"] and second["global_step"] == 6
     assert second["val_loss"] == summary["val_loss"]
+    assert second["val_loss_alone"] == summary["val_loss_alone"]
 
     def rows(run_dir):  # step, epoch, loss and lr of every metrics.csv row (not the seconds)
         return [r.split(",")[:4] for r in (run_dir / "metrics.csv").read_text().splitlines()]

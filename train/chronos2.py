@@ -39,12 +39,23 @@ import sys
 import time
 
 import jax.numpy as jnp
+import numpy as np
 
-from train.chronos2_data import TaskSampler, load_sources
+from train.chronos2_data import TaskSampler, Ungrouped, load_sources
 from train.chronos_t5 import _CsvLog, add_max_steps, fit_and_summarize
 from train.config import ConfigError, RunConfig, flat, model_config, model_section, updated
 
-__all__ = ["build_model", "horizon_of", "main", "run", "samplers", "task_loss", "val_losses"]
+__all__ = [
+    "build_model",
+    "context_quantile_loss",
+    "horizon_of",
+    "main",
+    "run",
+    "samplers",
+    "task_loss",
+    "val_loss_alone",
+    "val_losses",
+]
 
 ENTRY = "python -m train.chronos2"
 
@@ -78,6 +89,35 @@ def task_loss(num_output_patches: int):
         return value * rows / jnp.maximum(real.sum(), 1)
 
     return loss
+
+
+def context_quantile_loss(data, quantiles, use_arcsinh: bool, eps: float = 1e-5) -> float:
+    """The loss of :func:`task_loss` on all slots of ``data`` for the forecast that needs no
+    model: each row's quantiles of its own (normalised) context, flat over the horizon. A model
+    below it has learnt more than the level and spread of each series.
+
+    Same normalisation as Chronos-2 (nanmean, population std, 0 -> ``eps``, optional arcsinh),
+    same mask (observed targets), same mean over the rows that are not padding; float64."""
+    ctx, target, _, _ = data.batch(np.arange(len(data)))  # [N, G, C], [N, G, H]
+    ctx = ctx.reshape(-1, ctx.shape[-1]).astype(np.float64)  # [R, C]
+    target = target.reshape(len(ctx), -1).astype(np.float64)  # [R, H]
+    real = ~np.isnan(ctx).all(-1)  # [R]
+    ctx, target = ctx[real], target[real]
+    loc = np.nanmean(ctx, -1, keepdims=True)  # [R, 1]
+    scale = np.nanstd(ctx, -1, keepdims=True)
+    scale[scale == 0] = eps
+
+    def norm(x):
+        y = (x - loc) / scale
+        return np.arcsinh(y) if use_arcsinh else y
+
+    levels = np.asarray(quantiles, np.float64)
+    preds = np.nanquantile(norm(ctx), levels, axis=-1).T[:, :, None]  # [R, Q, 1]
+    y = norm(target)[:, None]  # [R, 1, H]
+    observed = ~np.isnan(y)
+    y = np.where(observed, y, 0.0)
+    pinball = 2.0 * np.abs((y - preds) * ((y <= preds) - levels[None, :, None]))  # [R, Q, H]
+    return float((pinball * observed).mean(-1).sum(-1).mean())
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -199,6 +239,10 @@ def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=
         + (f"; from {c.init_from}" if c.init_from else ""),
         flush=True,
     )
+    if val is not None:
+        baseline = context_quantile_loss(val, chronos.quantiles, chronos.use_arcsinh)
+        print(f"val loss of the context's own quantiles (a forecast-free reference): "
+              f"{baseline:.4f}", flush=True)  # fmt: skip
     tx, schedule = chronos_optimizer(o.learning_rate, total, c.warmup_steps, c.schedule,
                                      o.weight_decay, c.grad_clip)  # fmt: skip
     log = _CsvLog(out / "metrics.csv", schedule, cfg.run.log_every_steps)
@@ -213,24 +257,40 @@ def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=
         model, loss, data, val,
         optim=o.model_copy(update={"max_steps_per_epoch": c.steps_per_epoch}),
         run=cfg.run, tx=tx, schedule=schedule, devices=devices, callback=cb,
+        epoch_metrics=None if val is None else val_loss_alone,
     )  # fmt: skip
     summary = fit_and_summarize(trainer, log, t_start, max_steps, series=counts,
                                 batch_size=o.batch_size, rows_per_step=o.batch_size
                                 * c.max_group_size, horizon=horizon, steps=total)  # fmt: skip
     summary["val_loss"] = val_losses(out / "metrics.jsonl")
+    if val is not None:
+        summary["val_loss_alone"] = val_losses(out / "metrics.jsonl", "val_loss_alone")
+        summary["val_loss_context_quantiles"] = baseline
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def val_losses(path) -> dict[str, float]:
-    """``{step: val loss}`` of every epoch end in a run's ``metrics.jsonl`` (the last line of a
-    step wins: a resumed run repeats none, but a re-run epoch would)."""
+def val_loss_alone(trainer) -> dict[str, float]:
+    """The Trainer's ``epoch_metrics``: the val loss with every row in a group of its own
+    (``val_loss_alone``). Above ``val_loss``, the model uses what group attention brings (the
+    covariates' futures, the other variates and series); equal, it ignores its groups."""
+    grouped = trainer.val_data
+    trainer.val_data = Ungrouped(grouped)
+    try:
+        return {"val_loss_alone": trainer.validate()}
+    finally:
+        trainer.val_data = grouped
+
+
+def val_losses(path, key: str = "val_loss") -> dict[str, float]:
+    """``{step: value}`` of ``key`` at every epoch end in a run's ``metrics.jsonl`` (the last
+    line of a step wins: a resumed run repeats none, but a re-run epoch would)."""
     out: dict[str, float] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            if r.get("event") == "epoch" and r.get("val_loss") is not None:
-                out[str(r["step"])] = r["val_loss"]
+            if r.get("event") == "epoch" and r.get(key) is not None:
+                out[str(r["step"])] = r[key]
     return out
 
 

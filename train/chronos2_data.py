@@ -44,6 +44,7 @@ __all__ = [
     "Source",
     "Task",
     "TaskSampler",
+    "Ungrouped",
     "load_sources",
 ]
 
@@ -282,3 +283,19 @@ class TaskSampler:
     def batch(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
         tasks = [self.task(i) for i in np.asarray(idx, np.int64).reshape(-1)]
         return tuple(np.stack([t[k] for t in tasks]) for k in range(4))
+
+
+class Ungrouped:
+    """``data`` with every row in a group of its own (the same series, windows and targets):
+    the loss on it minus the loss on ``data`` is what group attention contributes."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+        *arrays, group_ids = self.data.batch(idx)
+        alone = np.broadcast_to(np.arange(group_ids.shape[1], dtype=np.int32), group_ids.shape)
+        return (*arrays, alone.copy())
