@@ -43,7 +43,8 @@ import numpy as np
 
 from train.chronos2_data import TaskSampler, Ungrouped, load_sources
 from train.chronos_t5 import _CsvLog, add_max_steps, fit_and_summarize
-from train.config import ConfigError, RunConfig, flat, model_config, model_section, updated
+from train.common import build_or_init_from
+from train.config import ConfigError, RunConfig, updated
 
 __all__ = [
     "build_model",
@@ -123,61 +124,23 @@ def context_quantile_loss(data, quantiles, use_arcsinh: bool, eps: float = 1e-5)
 # ---- the run ------------------------------------------------------------------------------------
 
 
-def _param_shapes(model) -> dict[str, tuple[int, ...]]:
-    import jax
-    from flax import nnx
-
-    leaves = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
-    return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in leaves}
-
-
-def _require_same_shapes(model, loaded, init_from: str) -> None:
-    """Refuse initial weights whose parameter shapes differ from the model section's, naming
-    the config fields that differ."""
-    want, got = _param_shapes(model), _param_shapes(loaded)
-    bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-    if not bad:
-        return
-    ours, theirs = flat(model.config.to_dict()), flat(loaded.config.to_dict())
-    fields = [f"{k} {theirs.get(k)!r} (model section {v!r})" for k, v in ours.items()
-              if theirs.get(k) != v]  # fmt: skip
-    raise ConfigError(
-        f"chronos2.init_from {init_from} does not fit the model section: {len(bad)} parameter "
-        f"arrays differ (e.g. {bad[0]}: {got.get(bad[0])} vs {want.get(bad[0])}); its config "
-        f"has {', '.join(fields)}; leave the model section out to train the checkpoint's config"
-    )
-
-
 def build_model(cfg: RunConfig):
     """``(model, cfg)``: a Chronos-2 of the ``model`` section with the parameters and dropout
     seeded from ``optim.seed``, fresh or (``chronos2.init_from``) with the weights of an HF
     Chronos-2 directory / hub id / LoRA adapter or a jaxts model directory; ``cfg`` gets that
     checkpoint's config as its model section when it has none."""
-    from flax import nnx
-
     from jaxts.models.chronos2 import Chronos2Model
+    from jaxts.pipelines.chronos2 import Chronos2Pipeline
 
     if cfg.model is not None and cfg.model.name != "chronos2":
         raise ConfigError(f"{ENTRY} needs model.name: chronos2, got {cfg.model.name!r}")
-    init_from = cfg.chronos2.init_from
-    seed = cfg.optim.seed
-    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-    if init_from is None:
-        if cfg.model is None:
-            raise ConfigError(
-                f"{ENTRY} needs a model section (name: chronos2), or chronos2.init_from to "
-                "fine-tune a checkpoint's model"
-            )
-        return Chronos2Model(model_config(cfg), rngs=rngs), cfg
-    from jaxts.pipelines.chronos2 import Chronos2Pipeline
-
-    loaded = Chronos2Pipeline.from_pretrained(init_from).model
-    if cfg.model is None:
-        cfg = updated(cfg, {"model": model_section(loaded.config)})
-    model = Chronos2Model(model_config(cfg), rngs=rngs)
-    _require_same_shapes(model, loaded, init_from)
-    nnx.update(model, nnx.state(loaded, nnx.Param))
-    return model, cfg
+    return build_or_init_from(
+        cfg,
+        Chronos2Model,
+        lambda path: Chronos2Pipeline.from_pretrained(path).model,
+        cfg.chronos2.init_from,
+        "chronos2.init_from",
+    )
 
 
 def horizon_of(cfg: RunConfig, chronos) -> tuple[int, int]:

@@ -48,11 +48,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from jaxts.data import DataError
-from train.config import ConfigError, RunConfig, flat, model_config, model_section, updated
+from train.common import build_or_init_from
+from train.config import ConfigError, RunConfig, updated
 from train.losses import IGNORE_INDEX, chronos_loss
 
 M4_HOURLY = "m4_hourly"
@@ -169,54 +169,21 @@ class ChronosWindows:
 # ---- the run ------------------------------------------------------------------------------------
 
 
-def _check_fits(model, loaded, init_from: str) -> None:
-    """Refuse initial weights whose parameter shapes differ from the model section's."""
-    from flax import nnx
-
-    def shapes(m):
-        leaves = jax.tree_util.tree_leaves_with_path(nnx.state(m, nnx.Param))
-        return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in leaves}
-
-    want, got = shapes(model), shapes(loaded)
-    if want == got:
-        return
-    a, b = flat(model.config.to_dict()), flat(loaded.config.to_dict())
-    diff = [f"{k} {b.get(k)!r} (model section {a.get(k)!r})" for k in a if a.get(k) != b.get(k)]
-    bad = [k for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
-    raise ConfigError(
-        f"chronos_t5.init_from {init_from} does not fit the model section: {len(bad)} parameter "
-        f"arrays differ (e.g. {bad[0]}: {got.get(bad[0])} vs {want.get(bad[0])}); its config "
-        f"has {', '.join(diff)}; leave the model section out to train the checkpoint's config"
-    )
-
-
 def build_model(cfg: RunConfig, init_from: str | None = None):
     """``(model, cfg)``: a ChronosT5 of the ``model`` section with the dropout RNG seeded from
     the config, fresh or (``init_from``) with the weights of an HF Chronos directory / hub id or
     a jaxts model directory; ``cfg`` gets that checkpoint's config as its model section when it
     has none."""
-    from flax import nnx
-
     from jaxts.models.chronos_t5 import ChronosT5
-
-    seed = cfg.optim.seed
-    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
-    if init_from is None:
-        if cfg.model is None:
-            raise ConfigError(
-                "the run config has no model section: give one, or chronos_t5.init_from "
-                "(--init-from) to train a checkpoint's model"
-            )
-        return ChronosT5(model_config(cfg), rngs=rngs), cfg
     from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline
 
-    loaded = ChronosT5Pipeline.from_pretrained(init_from).model
-    if cfg.model is None:
-        cfg = updated(cfg, {"model": model_section(loaded.config)})
-    model = ChronosT5(model_config(cfg), rngs=rngs)
-    _check_fits(model, loaded, init_from)
-    nnx.update(model, nnx.state(loaded, nnx.Param))
-    return model, cfg
+    return build_or_init_from(
+        cfg,
+        ChronosT5,
+        lambda path: ChronosT5Pipeline.from_pretrained(path).model,
+        init_from,
+        "chronos_t5.init_from",
+    )
 
 
 class _CsvLog:

@@ -25,6 +25,8 @@ from train.config import (
     dump_config,
     flat,
     load_config,
+    model_config,
+    model_section,
     updated,
 )
 
@@ -44,7 +46,7 @@ __all__ = [
 # Which entry point a trainer-specific section belongs to.
 
 # Keys that say where files are, not which experiment: a resumed run may change them.
-RESUME_MAY_CHANGE = ("data.data_dir", "chronos_t5.init_from")
+RESUME_MAY_CHANGE = ("data.data_dir", "chronos_t5.init_from", "chronos2.init_from")
 
 
 def cli_parser(prog: str, description: str, set_example: str) -> argparse.ArgumentParser:
@@ -188,3 +190,45 @@ def evaluate_test(model, cfg: RunConfig, out: Path, what: str = "") -> dict:
         json.dump(metrics, f, indent=2)
     print(f"wrote {out / 'metrics_test.json'}", flush=True)
     return metrics
+
+
+def _param_shapes(model) -> dict[str, tuple[int, ...]]:
+    import jax
+    from flax import nnx
+
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+    return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in leaves}
+
+
+def build_or_init_from(cfg: RunConfig, model_cls, load, init_from: str | None, option: str):
+    """``(model, cfg)``: ``model_cls`` of the ``model`` section with its parameters and dropout
+    seeded from ``optim.seed``, fresh or with the weights of ``load(init_from)`` (a checkpoint's
+    model); ``cfg`` gets that checkpoint's config as its model section when it has none.
+    ``option`` names the setting in messages (``chronos_t5.init_from``)."""
+    from flax import nnx
+
+    rngs = nnx.Rngs(params=cfg.optim.seed, dropout=cfg.optim.seed + 1)
+    if init_from is None:
+        if cfg.model is None:
+            raise ConfigError(
+                f"the run config needs a model section, or {option} (--init-from) to train a "
+                "checkpoint's model"
+            )
+        return model_cls(model_config(cfg), rngs=rngs), cfg
+    loaded = load(init_from)
+    if cfg.model is None:
+        cfg = updated(cfg, {"model": model_section(loaded.config)})
+    model = model_cls(model_config(cfg), rngs=rngs)
+    want, got = _param_shapes(model), _param_shapes(loaded)
+    bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    if bad:
+        ours, theirs = flat(model.config.to_dict()), flat(loaded.config.to_dict())
+        fields = [f"{k} {theirs.get(k)!r} (model section {v!r})" for k, v in ours.items()
+                  if theirs.get(k) != v]  # fmt: skip
+        raise ConfigError(
+            f"{option} {init_from} does not fit the model section: {len(bad)} parameter arrays "
+            f"differ (e.g. {bad[0]}: {got.get(bad[0])} vs {want.get(bad[0])}); its config has "
+            f"{', '.join(fields)}; leave the model section out to train the checkpoint's config"
+        )
+    nnx.update(model, nnx.state(loaded, nnx.Param))
+    return model, cfg
