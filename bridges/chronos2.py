@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from bridges import chronos_t5
 from bridges._mapping import (
     CheckpointKeyError,
     Rule,
@@ -154,21 +155,7 @@ def rules_for(cfg: Chronos2Config) -> list[Rule]:
 def resolve_dir(path_or_repo_id: str | Path) -> Path:
     """A local directory as is; otherwise a hub id downloaded with ``huggingface_hub`` (the
     base model's files or an adapter's)."""
-    path = Path(path_or_repo_id).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or str(path_or_repo_id).count("/") != 1:
-        raise FileNotFoundError(f"{path_or_repo_id}: not a model directory or a hub id (org/name)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        patterns = [CONFIG_FILE, SAFETENSORS_FILE, BIN_FILE, ADAPTER_CONFIG, *ADAPTER_FILES]
-        return Path(snapshot_download(str(path_or_repo_id), allow_patterns=patterns))
-    except Exception as e:  # offline, unknown repo, gated repo...
-        raise FileNotFoundError(
-            f"could not fetch {path_or_repo_id!r} from the Hugging Face Hub ({type(e).__name__}: "
-            f"{e}); download it elsewhere and pass the local directory"
-        ) from e
+    return chronos_t5.resolve_dir(path_or_repo_id, (ADAPTER_CONFIG, *ADAPTER_FILES))
 
 
 def is_adapter_dir(directory: Path) -> bool:

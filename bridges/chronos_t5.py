@@ -263,8 +263,9 @@ def from_state_dict(sd: dict[str, np.ndarray], cfg: ChronosT5Config, source=None
     return load_torch_state(ChronosT5(cfg, rngs=nnx.Rngs(0)), sd, rules_for(cfg.t5), source)
 
 
-def resolve_dir(path_or_repo_id: str | Path) -> Path:
-    """A local directory as is; otherwise a hub id downloaded with ``huggingface_hub``."""
+def resolve_dir(path_or_repo_id: str | Path, extra_files: tuple[str, ...] = ()) -> Path:
+    """A local directory as is; otherwise a hub id downloaded with ``huggingface_hub`` (the
+    config and weights files, plus ``extra_files``)."""
     path = Path(path_or_repo_id).expanduser()
     if path.is_dir():
         return path
@@ -275,7 +276,7 @@ def resolve_dir(path_or_repo_id: str | Path) -> Path:
     try:
         local = snapshot_download(
             str(path_or_repo_id),
-            allow_patterns=[CONFIG_FILE, SAFETENSORS_FILE, BIN_FILE],
+            allow_patterns=[CONFIG_FILE, SAFETENSORS_FILE, BIN_FILE, *extra_files],
         )
     except Exception as e:  # offline, unknown repo, gated repo...
         raise FileNotFoundError(
