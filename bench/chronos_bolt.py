@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,13 +39,18 @@ from bridges.reference.chronos_bolt_hf import (
     BOLT_T5_SIZES,
     TINY_CHRONOS,
     TINY_T5,
+    chronos_bolt_config,
     tiny_chronos_bolt,
 )
 from eval.cli import parser
 from jaxts._cli import exit_code
 
 # name: (T5 fields, chronos_config overrides); "tiny" is for smoke runs
-SIZES = {"small": (BOLT_T5_SIZES["small"], {}), "tiny": (TINY_T5, TINY_CHRONOS)}
+# (tiny_chronos_bolt defaults to the tiny chronos_config: the published one is given in full)
+SIZES = {
+    "small": (BOLT_T5_SIZES["small"], chronos_bolt_config()),
+    "tiny": (TINY_T5, TINY_CHRONOS),
+}
 QUICK = dict(size="tiny", contexts="64", batches="1,3", repeats=1)
 
 
@@ -68,15 +74,20 @@ def bolt_flops(t5: dict, chronos: dict, batch: int, context: int) -> float:
     return batch * (n * embed + enc + t5["num_decoder_layers"] * dec_layer + head)
 
 
+def build(directory: Path, size: str) -> tuple[dict, dict]:
+    """The random upstream model written to ``directory``; its T5 fields and chronos_config."""
+    t5_fields, chronos_over = SIZES[size]
+    model = tiny_chronos_bolt(directory, std=WEIGHT_STD, chronos=chronos_over, **t5_fields)
+    return dict(t5_fields), dict(model.config.chronos_config)
+
+
 def run(size, contexts, batches, repeats, peak) -> tuple[dict, list[dict]]:
     from chronos import ChronosBoltPipeline as TorchPipeline
 
     from jaxts import ChronosBoltPipeline
 
-    t5_fields, chronos_over = SIZES[size]
     with tempfile.TemporaryDirectory() as tmp:
-        model = tiny_chronos_bolt(tmp, std=WEIGHT_STD, chronos=chronos_over, **t5_fields)
-        chronos = dict(model.config.chronos_config)
+        t5_fields, chronos = build(Path(tmp), size)
         tp = TorchPipeline.from_pretrained(tmp)
         jp = ChronosBoltPipeline.from_pretrained(tmp)
     horizon = chronos["prediction_length"]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from bench import chronos2, chronos_bolt
-from bridges.reference.chronos2_hf import CHRONOS2_CORE, chronos2_config
+from bridges.reference.chronos2_hf import CHRONOS2_CONFIG, CHRONOS2_CORE, chronos2_config
+from bridges.reference.chronos_bolt_hf import BOLT_T5_SIZES, CHRONOS_BOLT_CONFIG
 
 POINTS = [(64, 1), (64, 3)]  # (context, batch) of --quick
 
@@ -63,3 +64,13 @@ def test_bad_options_are_one_error(tmp_path, capsys):
     assert "--repeats must be a positive integer" in capsys.readouterr().err
     assert chronos_bolt.main(["--size", "tiny", "--contexts", "a", "--out", out, "--force"]) == 2
     assert "--contexts must be comma-separated positive integers" in capsys.readouterr().err
+
+
+def test_published_sizes_build_the_published_models(tmp_path):
+    """The default sizes are the published models in full, chronos_config included (the tiny
+    builders default to a tiny chronos_config of context 256)."""
+    core, chronos = chronos2.build(tmp_path / "c2", "published")
+    assert {k: core[k] for k in CHRONOS2_CORE} == CHRONOS2_CORE
+    assert chronos == CHRONOS2_CONFIG
+    t5, chronos = chronos_bolt.build(tmp_path / "bolt", "small")
+    assert t5 == BOLT_T5_SIZES["small"] and chronos == CHRONOS_BOLT_CONFIG
