@@ -473,3 +473,50 @@ _DP_SCRIPT = textwrap.dedent(
 def test_data_parallel_matches_single_device(tmp_path, data_dir):
     run_on_devices(_DP_SCRIPT.format(tiny=str(TINY), out=str(tmp_path), data=str(data_dir)),
                    "MAXDIFF")  # fmt: skip
+
+
+def test_synthetic_lead_lag_source():
+    """The synthetic source is deterministic, its train and val members differ, and a variate
+    with lag 0 leads its lagged siblings (their series are its own, delayed, up to sign and
+    scale), which is what makes reading the group pay off."""
+    from train.chronos2_synthetic import SYNTHETIC, lead_lag_members
+
+    a = lead_lag_members(3, 400, 6, seed=0)
+    assert [m.shape for m in a] == [(400, 6)] * 3 and a[0].dtype == np.float32
+    np.testing.assert_array_equal(a[1], lead_lag_members(3, 400, 6, seed=0)[1])
+    assert not np.allclose(a[0], lead_lag_members(3, 400, 6, seed=1)[0])
+    best = []  # per member, the best |corr| between a column and a lagged other column
+    for m in a:
+        z = (m - m.mean(0)) / m.std(0)
+        best.append(max(abs(np.corrcoef(z[lag:, i], z[: len(z) - lag, j])[0, 1])
+                        for i in range(6) for j in range(6) if i != j
+                        for lag in range(0, 49)))  # fmt: skip
+    assert min(best) > 0.9
+    train = load_sources([SYNTHETIC], "train", 64, 16, 8)
+    val = load_sources([SYNTHETIC], "val", 64, 16, 8)
+    assert train[0].name == SYNTHETIC and len(train[0].members) > len(val[0].members)
+    assert val[0].first_start[0] == 64  # val forecasts start after a full context
+
+
+def test_source_weights_shift_the_draws():
+    """A weight of 9 on one of two multivariate sources makes it serve ~90% of the group
+    tasks; no weights keep the unweighted run's draws."""
+    srcs = [Source("a", (np.ones((300, 4), np.float32),), (8,)),
+            Source("b", (2 * np.ones((300, 4), np.float32),), (8,))]  # fmt: skip
+    kw = dict(size=400, seed=0, context_length=32, horizon=8, weights={"multivariate": 1.0},
+              max_group_size=4, min_past=8)  # fmt: skip
+    heavy = TaskSampler(srcs, source_weights={"b": 9.0}, **kw)
+    share_b = np.mean([heavy.task(i).context[0, -1] == 2.0 for i in range(400)])
+    assert 0.84 < share_b < 0.96
+    plain, ones = TaskSampler(srcs, **kw), TaskSampler(srcs, source_weights={"a": 1.0}, **kw)
+    for i in range(20):
+        np.testing.assert_array_equal(plain.task(i).context, ones.task(i).context)
+
+
+def test_source_weights_must_name_a_data_set(tmp_path):
+    from train.chronos2 import samplers
+    from train.config import model_config
+
+    cfg = load_config(TINY, ["chronos2.source_weights.ETTh9=2"])
+    with pytest.raises(ConfigError, match=r"source_weights names \['ETTh9'\]"):
+        samplers(cfg, model_config(cfg).chronos, 16, 1)

@@ -158,10 +158,15 @@ def samplers(cfg: RunConfig, chronos, horizon: int, total_steps: int):
     """``(train, val or None, counts)``: the task samplers of the run and the series found per
     data set."""
     c, o = cfg.chronos2, cfg.optim
+    stray = sorted(set(c.source_weights) - set(c.datasets))
+    if stray:
+        raise ConfigError(f"chronos2.source_weights names {stray}, not in chronos2.datasets "
+                          f"{list(c.datasets)}")  # fmt: skip
     length = chronos.context_length
     kw = dict(seed=o.seed, context_length=length, horizon=horizon,
               weights=c.task_weights.model_dump(), max_group_size=c.max_group_size,
-              min_past=c.min_past, short_context_prob=c.short_context_prob, fill=c.fill)  # fmt: skip
+              min_past=c.min_past, short_context_prob=c.short_context_prob, fill=c.fill,
+              source_weights=c.source_weights)  # fmt: skip
     sources = load_sources(c.datasets, "train", length, horizon, c.min_past, cfg.data.data_dir)
     train = TaskSampler(sources, size=total_steps * o.batch_size, **kw)
     counts = {s.name: len(s.members) * s.n_columns for s in train.sources}

@@ -36,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxts.data import DataError
+from train.chronos2_synthetic import SYNTHETIC, lead_lag_members
 
 __all__ = [
     "FILLS",
@@ -114,6 +115,13 @@ def load_sources(
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     out: list[Source] = []
     for name in datasets:
+        if name == SYNTHETIC:  # generated, never missing: train and val members differ
+            length = 4096 if split == "train" else context_length + 4 * horizon
+            members = lead_lag_members(64 if split == "train" else 16, length,
+                                       seed=0 if split == "train" else 1)  # fmt: skip
+            start = min_past if split == "train" else context_length
+            out.append(Source(name, tuple(members), (start,) * len(members)))
+            continue
         is_m4 = name.lower() == M4_HOURLY
         try:
             m4_hourly_paths(data_dir) if is_m4 else resolve_path(name, data_dir)
@@ -169,6 +177,7 @@ class TaskSampler:
         short_context_prob: float = 0.3,
         fill: str = "univariate",
         salt: int = 0,
+        source_weights: Mapping[str, float] | None = None,
     ):
         unknown = set(weights) - set(TASK_KINDS)
         if unknown:
@@ -194,6 +203,13 @@ class TaskSampler:
             "cross_learning": [i for i, s in enumerate(self.sources) if len(s.members) >= 2],
         }
         self.pools["covariates"] = self.pools["multivariate"]
+        # a kind draws its source with these weights (default 1 each; names not found ignored)
+        sw = dict(source_weights or {})
+        self._source_p = {}
+        for kind, pool in self.pools.items():
+            p = np.array([float(sw.get(self.sources[i].name, 1.0)) for i in pool])
+            uniform = not pool or np.all(p == p[0])  # None: the draw of an unweighted run
+            self._source_p[kind] = None if uniform else p / p.sum()
         w = {k: float(weights.get(k, 0.0)) if self.pools[k] else 0.0 for k in TASK_KINDS}
         total = sum(w.values())
         if total <= 0:
@@ -227,9 +243,13 @@ class TaskSampler:
         ctx[row, self.context_length - len(past) :] = past
         target[row] = values[start : start + self.horizon]
 
+    def _draw_source(self, rng, kind: str) -> int:
+        pool, p = self.pools[kind], self._source_p[kind]
+        return int(pool[int(rng.choice(len(pool), p=p))])
+
     def _univariate(self, rng, task, rows: range) -> None:
         for row in rows:
-            src = self.sources[rng.choice(self.pools["univariate"])]
+            src = self.sources[self._draw_source(rng, "univariate")]
             j = int(rng.integers(len(src.members)))
             col = int(rng.integers(src.members[j].shape[1]))
             self._put(task, row, src.members[j][:, col], self._start(rng, src, j),
@@ -238,7 +258,7 @@ class TaskSampler:
     def _variates(self, rng, task, kind: str) -> int:
         """One window of 2..min(C, G) random variates of a multivariate source (some of them
         known covariates for ``kind == "covariates"``); returns the rows used."""
-        src = self.sources[rng.choice(self.pools[kind])]
+        src = self.sources[self._draw_source(rng, kind)]
         j = int(rng.integers(len(src.members)))
         m = src.members[j]  # [T, C]
         n = int(rng.integers(2, min(m.shape[1], self.max_group_size) + 1))
@@ -254,7 +274,7 @@ class TaskSampler:
 
     def _cross(self, rng, task) -> int:
         """2..G unrelated members of one many-series source, each its own window."""
-        src = self.sources[rng.choice(self.pools["cross_learning"])]
+        src = self.sources[self._draw_source(rng, "cross_learning")]
         n = int(rng.integers(2, min(len(src.members), self.max_group_size) + 1))
         length = self._length(rng)
         for row, j in enumerate(rng.choice(len(src.members), n, replace=False)):

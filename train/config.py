@@ -249,6 +249,8 @@ class Chronos2TrainConfig(_Section):
     min_past: Positive = 32  # the shortest context drawn (and the least history a window needs)
     short_context_prob: Annotated[float, Field(ge=0, le=1)] = 0.3  # else the full context
     fill: Literal["univariate", "nan"] = "univariate"  # rows a group task leaves free
+    # relative weight of a data set when a task kind draws its source (default 1 each)
+    source_weights: dict[str, PositiveFloat] = {}
     steps_per_epoch: Positive = 100  # validation and best/ every this many steps
     val_tasks: Annotated[int, Field(ge=0)] = 64  # slots of the val splits; 0: no validation
     schedule: Literal["linear", "cosine", "constant"] = "cosine"  # per-step, after warmup
