@@ -144,11 +144,11 @@ def test_unrolling_equals_upstreams_given_the_same_model_calls(pipes, monkeypatc
     behind both pipelines, and the model itself by the tests above."""
     up, jp = pipes
 
-    def torch_forecast(graphdef, state, context):
+    def torch_forecast(context):
         with torch.no_grad():
             return up.model(context=torch.from_numpy(np.asarray(context))).quantile_preds.numpy()
 
-    monkeypatch.setattr(pipeline_module, "_forecast", torch_forecast)
+    monkeypatch.setattr(jp, "_quantile_preds", torch_forecast)
     series = ragged_list()
     horizon = 3 * HORIZON + 4
     with warnings.catch_warnings():
@@ -233,10 +233,34 @@ def test_one_compile_per_length_bucket(pipes):
     _, jp = pipes
     rng = np.random.default_rng(0)
     jp.predict(rng.normal(size=(2, 70)).astype(np.float32))
-    before = pipeline_module._forecast._cache_size()
+    before = pipeline_module.TRACES[0]
     for n in (65, 100, 128):  # the same 128 bucket
         jp.predict(rng.normal(size=(2, n)).astype(np.float32))
-    assert pipeline_module._forecast._cache_size() == before
+    assert pipeline_module.TRACES[0] == before
+
+
+def test_forecasts_follow_weight_updates_and_a_replaced_model(pipes, tmp_path):
+    """The compiled forecaster is bound to the model once, yet reads its current weights, and
+    a new ``pipe.model`` gets its own."""
+    _, jp = pipes
+    x = contexts()[:2, -64:]
+    before = jp.predict(x)
+    bias = jp.model.output_patch_embedding.output_layer.bias
+    old = bias[...]
+    bias[...] = old + 1.0
+    try:
+        assert not np.allclose(jp.predict(x), before)
+    finally:
+        bias[...] = old
+    np.testing.assert_array_equal(jp.predict(x), before)
+    model = jp.model
+    tiny_chronos_bolt(tmp_path, seed=5, chronos=dict(context_length=CONTEXT_LENGTH,
+                                                     prediction_length=HORIZON))  # fmt: skip
+    try:
+        jp.model = ChronosBoltPipeline.from_pretrained(tmp_path).model
+        assert not np.allclose(jp.predict(x), before)
+    finally:
+        jp.model = model
 
 
 def test_long_horizon_warns_and_limit_raises(pipes):
