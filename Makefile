@@ -47,6 +47,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.spec
 	$(BIN)/python -m bench.chronos
 	$(BIN)/python -m bench.distance_head --force
+	$(BIN)/python -m bench.chronos2 --force
+	$(BIN)/python -m bench.chronos_bolt --force
 
 clean-venv:
 	rm -rf $(VENV)
