@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 
@@ -43,3 +45,19 @@ def time_torch(fn, *args, repeats: int = 5, warmup: int = 1, keep_result: bool =
     if keep_result:
         res["result"] = out
     return res
+
+
+def machine_meta(peak: float) -> dict:
+    """What a benchmark JSON records about the machine; ``peak`` the measured matmul rate."""
+    import torch
+
+    return {
+        "device": str(jax.devices()[0]),
+        "jax_backend": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "matmul_2048_gflops": peak,
+    }

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,10 +34,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
 import numpy as np
 import torch
 
+from bench._timing import machine_meta
 from bench.chronos import matmul_gflops
 from bridges.reference.chronos2_hf import (
     CHRONOS2_CORE,
@@ -151,16 +150,7 @@ def machine_load() -> dict:
 
 
 def meta(peak: float) -> dict:
-    return {
-        "device": str(jax.devices()[0]),
-        "jax_backend": jax.default_backend(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "jax": jax.__version__,
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "matmul_2048_gflops": peak,
-    }
+    return machine_meta(peak)
 
 
 def table_header(peak: float) -> str:

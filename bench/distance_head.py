@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ import optax
 import torch
 from flax import nnx
 
-from bench._timing import time_jax, time_torch
+from bench._timing import machine_meta, time_jax, time_torch
 from bench.chronos import SMALL, matmul_gflops, sampling_flops
 from bridges._mapping import torch_state
 from bridges.distance_head import RULES, to_upstream
@@ -313,15 +312,7 @@ def _main(args) -> None:
         args.batch, args.positions, args.hidden, args.bins, args.repeats, peak
     )
     fc_rows = bench_forecast(args.base, batches, args.repeats, args.horizon, args.samples, peak)
-    meta = {
-        "device": str(jax.devices()[0]),
-        "jax_backend": jax.default_backend(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "jax": jax.__version__,
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "matmul_2048_gflops": peak,
+    meta = machine_meta(peak) | {
         "wall_s": time.perf_counter() - t0,
         "loadavg_1m": [load_start, os.getloadavg()[0]],  # at the start and at the end
     }
