@@ -1,0 +1,266 @@
+"""Llama decoder-only language model in Flax NNX, exact to transformers' ``LlamaForCausalLM``.
+
+Module and parameter names mirror HF (``model.embed_tokens``, ``model.layers.{i}.self_attn.q_proj``,
+``input_layernorm``, ``mlp.gate_proj``, ``model.norm``, ``lm_head``), so the bridge is a plain name
+table. What a port gets wrong first:
+
+* RoPE rotates the two *halves* of each head (``rotate_half``), not interleaved pairs, and the
+  inverse frequencies are rescaled by ``rope_scaling`` (``llama3`` for Llama 3.1/3.2, ``linear``)
+  exactly as transformers' rope init functions do, in float32;
+* grouped-query attention: ``num_key_value_heads`` divides ``num_attention_heads``, each KV head
+  serves ``num_attention_heads // num_key_value_heads`` query heads (MHA, GQA and MQA);
+* left padding: positions per row are ``cumsum(mask) - 1`` (what HF ``generate`` passes), so a
+  padded row sees the same positions, hence the same logits, as the unpadded one.
+
+The KV cache and ``lax.while_loop`` generation come in a later increment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxts.config import DictConfig, require_positive
+from jaxts.layers.norms import RMSNorm
+
+__all__ = ["Llama", "LlamaConfig", "RopeScaling", "apply_rope_half", "rope_inv_freq"]
+
+_ROPE_TYPES = ("linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling(DictConfig):
+    """HF ``rope_scaling`` (``rope_parameters`` in transformers 5) minus ``rope_theta``: the
+    rescaling of the inverse frequencies (``linear``: all divided by ``factor``; ``llama3``:
+    low frequencies divided by ``factor``, high ones kept, a smooth ramp between)."""
+
+    rope_type: str
+    factor: float
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+    def __post_init__(self):
+        if self.rope_type not in _ROPE_TYPES:
+            raise ValueError(
+                f"rope_type {self.rope_type!r} is not supported; supported: {list(_ROPE_TYPES)}"
+            )
+        require_positive(self, "factor")
+        if self.rope_type == "llama3":
+            need = ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+            absent = [n for n in need if getattr(self, n) is None]
+            if absent:
+                raise ValueError(f"llama3 rope scaling needs {absent}")
+            if not self.high_freq_factor > self.low_freq_factor:
+                raise ValueError("high_freq_factor must exceed low_freq_factor")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig(DictConfig):
+    """HF ``LlamaConfig`` fields that change the computation (same names)."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None: = num_attention_heads (MHA), as HF
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads, as HF
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 2048
+    bos_token_id: int | None = 1
+    # Llama 3 instruct checkpoints stop at several ids: a tuple keeps the config hashable.
+    eos_token_id: int | tuple[int, ...] | None = 2
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        # Resolve HF's None defaults once so every reader sees concrete sizes.
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        require_positive(
+            self, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "head_dim", "rope_theta",
+        )  # fmt: skip
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_key_value_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """The EOS ids as a tuple (empty when there is none)."""
+        eos = self.eos_token_id
+        return () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
+    """Inverse frequencies ``[head_dim // 2]`` (float32), with the operations and in the order of
+    transformers' ``_compute_default/linear_scaling/llama3_parameters`` (the llama3 band edges
+    compare float32 wavelengths, as torch does). The power is taken in float64 and rounded:
+    torch's vectorised float32 ``pow`` is not correctly rounded, so an element may differ from
+    HF's by one ulp (an angle error of ~1e-7 relative; far below the 1e-4 logit tolerance)."""
+    dim = cfg.head_dim
+    exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    power = np.power(np.float64(np.float32(cfg.rope_theta)), exponent.astype(np.float64))
+    inv_freq = (np.float32(1.0) / power.astype(np.float32)).astype(np.float32)
+    rs = cfg.rope_scaling
+    if rs is None:
+        return inv_freq
+    factor = np.float32(rs.factor)
+    if rs.rope_type == "linear":
+        return (inv_freq / factor).astype(np.float32)
+    old_len = rs.original_max_position_embeddings
+    low_wavelen = old_len / rs.low_freq_factor
+    high_wavelen = old_len / rs.high_freq_factor
+    wavelen = (np.float32(2 * math.pi) / inv_freq).astype(np.float32)
+    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq).astype(np.float32)
+    smooth = (old_len / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor)
+    smooth = smooth.astype(np.float32)
+    smoothed = ((1 - smooth) * scaled / factor + smooth * scaled).astype(np.float32)
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope_half(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
+    """``x [B, H, T, D]`` rotated with HF's ``rotate_half`` ((x1, x2) -> (-x2, x1)); cos/sin
+    ``[B, 1, T, D]``."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def _linear(d_in: int, d_out: int, bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
+    # HF initialises Linear weights with normal(0, initializer_range=0.02), biases with zeros.
+    init = nnx.initializers.normal(stddev=0.02)
+    return nnx.Linear(d_in, d_out, use_bias=bias, kernel_init=init, rngs=rngs)
+
+
+class LlamaAttention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        d, e = cfg.hidden_size, cfg.head_dim
+        self.q_proj = _linear(d, self.n_heads * e, cfg.attention_bias, rngs)
+        self.k_proj = _linear(d, self.n_kv * e, cfg.attention_bias, rngs)
+        self.v_proj = _linear(d, self.n_kv * e, cfg.attention_bias, rngs)
+        self.o_proj = _linear(self.n_heads * e, d, cfg.attention_bias, rngs)
+
+    def __call__(self, x, cos, sin, allowed):
+        """``x [B, T, D]``, cos/sin ``[B, 1, T, E]``, ``allowed [B, 1, T, T]`` bool -> ``[B, T, D]``."""
+        b, t, _ = x.shape
+        e = self.head_dim
+        q = self.q_proj(x).reshape(b, t, self.n_heads, e).transpose(0, 2, 1, 3)  # [B, H, T, E]
+        k = self.k_proj(x).reshape(b, t, self.n_kv, e).transpose(0, 2, 1, 3)  # [B, K, T, E]
+        v = self.v_proj(x).reshape(b, t, self.n_kv, e).transpose(0, 2, 1, 3)  # [B, K, T, E]
+        q, k = apply_rope_half(q, cos, sin), apply_rope_half(k, cos, sin)
+        # GQA: query heads h*G .. h*G+G-1 share KV head h (HF's repeat_kv order), grouped here
+        # instead of repeating K/V so MQA does not copy the cache G times.
+        g = self.n_heads // self.n_kv
+        q = q.reshape(b, self.n_kv, g, t, e)  # [B, K, G, T, E]
+        scores = jnp.einsum("bkgte,bkse->bkgts", q, k) * (1.0 / math.sqrt(e))  # [B, K, G, T, S]
+        scores = scores.astype(jnp.float32)
+        # A fully masked row (a pad query) gets a uniform softmax, not NaN; its output is unused.
+        scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgts,bkse->btkge", probs, v)  # [B, T, K, G, E]
+        return self.o_proj(out.reshape(b, t, self.n_heads * e))
+
+
+class LlamaMLP(nnx.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = _linear(d, f, cfg.mlp_bias, rngs)
+        self.up_proj = _linear(d, f, cfg.mlp_bias, rngs)
+        self.down_proj = _linear(f, d, cfg.mlp_bias, rngs)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.self_attn = LlamaAttention(cfg, rngs=rngs)
+        self.mlp = LlamaMLP(cfg, rngs=rngs)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def __call__(self, h, cos, sin, allowed):
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, allowed)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nnx.Module):
+    """HF ``LlamaModel``: embeddings, decoder layers, final norm (no head)."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.embed_tokens = nnx.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            embedding_init=nnx.initializers.normal(stddev=0.02),
+            rngs=rngs,
+        )
+        self.layers = nnx.List(
+            [LlamaDecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_hidden_layers)]
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Llama(nnx.Module):
+    """``LlamaForCausalLM``: ``ids [B, T]`` -> logits ``[B, T, V]`` (float32)."""
+
+    def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.model = LlamaModel(config, rngs=rngs)
+        if not config.tie_word_embeddings:
+            self.lm_head = _linear(config.hidden_size, config.vocab_size, False, rngs)
+        # A constant, not a parameter: HF keeps inv_freq as a non-persistent buffer too.
+        self.inv_freq = nnx.Variable(jnp.asarray(rope_inv_freq(config)))
+
+    def rope_tables(self, positions: jnp.ndarray):
+        """cos/sin ``[B, 1, T, E]`` for integer ``positions [B, T]`` (HF: float32, the two halves
+        share frequencies: ``cat(freqs, freqs)``)."""
+        freqs = positions.astype(jnp.float32)[..., None] * self.inv_freq[...]  # [B, T, E/2]
+        emb = jnp.concatenate([freqs, freqs], axis=-1)[:, None]  # [B, 1, T, E]
+        return jnp.cos(emb), jnp.sin(emb)
+
+    def __call__(self, ids, attention_mask=None, positions=None) -> jnp.ndarray:
+        """``ids [B, T]`` int, ``attention_mask [B, T]`` (1 = token, 0 = pad, any padding side),
+        ``positions [B, T]`` (default: ``cumsum(mask) - 1``, i.e. ``0..T-1`` without a mask)
+        -> logits ``[B, T, V]`` float32."""
+        ids = jnp.asarray(ids)
+        b, t = ids.shape
+        mask = jnp.ones((b, t), bool) if attention_mask is None else jnp.asarray(attention_mask) > 0
+        if positions is None:
+            # HF generate: cumsum - 1, pads set to 1 (they are masked out anyway).
+            positions = jnp.where(mask, jnp.cumsum(mask, axis=-1) - 1, 1)
+        cos, sin = self.rope_tables(jnp.asarray(positions))
+        causal = jnp.tril(jnp.ones((t, t), bool))  # [T, S]
+        allowed = (causal[None] & mask[:, None, :])[:, None]  # [B, 1, T, S]
+        h = self.model.embed_tokens(ids)  # [B, T, D]
+        for layer in self.model.layers:
+            h = layer(h, cos, sin, allowed)
+        h = self.model.norm(h)
+        if self.config.tie_word_embeddings:
+            logits = self.model.embed_tokens.attend(h)
+        else:
+            logits = self.lm_head(h)
+        return logits.astype(jnp.float32)  # [B, T, V]
