@@ -3,6 +3,7 @@ directory bridge: MHA/GQA/MQA, tied and untied heads, rope scaling none/linear/l
 left padding, exact round trips, listed key mismatches and rejected config fields."""
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ from transformers import LlamaForCausalLM
 
 from bridges import llama as bridge
 from bridges._mapping import CheckpointKeyError
-from jaxts.models.llama import Llama, LlamaConfig, rope_inv_freq
+from jaxts.models.llama import Llama, LlamaConfig, greedy_generate, rope_inv_freq
 
 LLAMA3 = {
     "rope_type": "llama3",
@@ -112,6 +113,59 @@ def test_left_padded_rows_equal_unpadded(pair):
     # and transformers agrees on the real tokens of the padded batch
     ref = torch_logits(tm, ids, mask)
     np.testing.assert_allclose(logits[mask > 0], ref[mask > 0], atol=1e-4, rtol=0)
+
+
+def left_padded(seed=1, pad=(0, 3, 5), t=9):
+    ids = ids_for(len(pad), t, seed=seed)
+    mask = np.ones_like(ids)
+    for row, n in enumerate(pad):
+        mask[row, :n] = 0
+        ids[row, :n] = 0
+    return ids, mask
+
+
+def test_cached_decode_equals_full_forward(pair):
+    _, _, jm = pair
+    ids, mask = left_padded()
+    full = np.asarray(jm(ids, attention_mask=mask))
+    cache = jm.init_cache(3, 12)
+    first, cache = jm.extend(ids[:, :6], mask[:, :6], cache)
+    logits = [np.asarray(first)]
+    for j in range(6, 9):  # one token at a time, as the decode loop does
+        step, cache = jm.extend(ids[:, j : j + 1], mask[:, j : j + 1], cache)
+        logits.append(np.asarray(step))
+    got = np.concatenate(logits, axis=1)
+    np.testing.assert_allclose(got[mask > 0], full[mask > 0], atol=1e-5, rtol=0)
+
+
+def hf_greedy(tm, ids, mask, n, eos) -> np.ndarray:
+    with torch.no_grad():
+        out = tm.generate(
+            input_ids=torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            do_sample=False,
+            max_new_tokens=n,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )[:, ids.shape[1] :].numpy()
+    # HF stops early once every row is done; we always return n columns padded with EOS
+    return np.pad(out, ((0, 0), (0, n - out.shape[1])), constant_values=eos)
+
+
+def test_greedy_generation_equals_transformers(pair):
+    tm, _, jm = pair
+    ids, mask = left_padded(seed=7)
+    got = np.asarray(greedy_generate(jm, ids, mask, max_new_tokens=12))
+    np.testing.assert_array_equal(got, hf_greedy(tm, ids, mask, 12, jm.config.eos_token_id))
+    # an EOS that row 0 emits at step 3: that row stops there and is padded with it
+    eos = int(got[0, 3])
+    jm_eos = Llama(dataclasses.replace(jm.config, eos_token_id=eos), rngs=nnx.Rngs(0))
+    nnx.update(jm_eos, nnx.state(jm, nnx.Param))
+    stopped = np.asarray(greedy_generate(jm_eos, ids, mask, max_new_tokens=12))
+    want = hf_greedy(tm, ids, mask, 12, eos)
+    np.testing.assert_array_equal(stopped, want)
+    first = int(np.argmax(stopped[0] == eos))
+    assert first <= 3 and (stopped[0, first:] == eos).all()
 
 
 def test_round_trip_is_exact_and_transformers_loads_it(pair, tmp_path):

@@ -18,6 +18,7 @@ The KV cache and ``lax.while_loop`` generation come in a later increment.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -28,7 +29,15 @@ from flax import nnx
 from jaxts.config import DictConfig, require_positive
 from jaxts.layers.norms import RMSNorm
 
-__all__ = ["Llama", "LlamaConfig", "RopeScaling", "apply_rope_half", "rope_inv_freq"]
+__all__ = [
+    "KVCache",
+    "Llama",
+    "LlamaConfig",
+    "greedy_generate",
+    "RopeScaling",
+    "apply_rope_half",
+    "rope_inv_freq",
+]
 
 _ROPE_TYPES = ("linear", "llama3")
 
@@ -152,6 +161,22 @@ def _linear(d_in: int, d_out: int, bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
     return nnx.Linear(d_in, d_out, use_bias=bias, kernel_init=init, rngs=rngs)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Fixed-size keys/values of every layer, a pytree (carried through ``lax.while_loop``).
+
+    ``k``/``v`` ``[L, B, K, S, E]`` (rotated keys); ``filled [B, S]``: slots holding a real
+    token (pads of a left-padded prefill stay False, so they are never attended to);
+    ``count [B]``: real tokens per row (the next position); ``index []``: the next slot."""
+
+    k: jnp.ndarray
+    v: jnp.ndarray
+    filled: jnp.ndarray
+    count: jnp.ndarray
+    index: jnp.ndarray
+
+
 class LlamaAttention(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.n_heads, self.n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -162,14 +187,22 @@ class LlamaAttention(nnx.Module):
         self.v_proj = _linear(d, self.n_kv * e, cfg.attention_bias, rngs)
         self.o_proj = _linear(self.n_heads * e, d, cfg.attention_bias, rngs)
 
-    def __call__(self, x, cos, sin, allowed):
-        """``x [B, T, D]``, cos/sin ``[B, 1, T, E]``, ``allowed [B, 1, T, T]`` bool -> ``[B, T, D]``."""
+    def __call__(self, x, cos, sin, allowed, kv=None, index=None):
+        """``x [B, T, D]``, cos/sin ``[B, 1, T, E]``, ``allowed [B, 1, T, S]`` bool -> ``[B, T, D]``
+        and this call's keys/values ``[B, K, T, E]`` (rotated). With ``kv`` (the cached ``([B, K, S, E], [B, K, S, E])``
+        of this layer) the new keys/values are written at slots ``index .. index + T - 1`` first
+        and all S slots are attended to (``allowed`` says which)."""
         b, t, _ = x.shape
         e = self.head_dim
         q = self.q_proj(x).reshape(b, t, self.n_heads, e).transpose(0, 2, 1, 3)  # [B, H, T, E]
         k = self.k_proj(x).reshape(b, t, self.n_kv, e).transpose(0, 2, 1, 3)  # [B, K, T, E]
         v = self.v_proj(x).reshape(b, t, self.n_kv, e).transpose(0, 2, 1, 3)  # [B, K, T, E]
         q, k = apply_rope_half(q, cos, sin), apply_rope_half(k, cos, sin)
+        new = (k, v)  # what the caller writes into its cache
+        if kv is not None:
+            start = (0, 0, index, 0)
+            k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)  # [B, K, S, E]
+            v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)  # [B, K, S, E]
         # GQA: query heads h*G .. h*G+G-1 share KV head h (HF's repeat_kv order), grouped here
         # instead of repeating K/V so MQA does not copy the cache G times.
         g = self.n_heads // self.n_kv
@@ -180,7 +213,7 @@ class LlamaAttention(nnx.Module):
         scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         out = jnp.einsum("bkgts,bkse->btkge", probs, v)  # [B, T, K, G, E]
-        return self.o_proj(out.reshape(b, t, self.n_heads * e))
+        return self.o_proj(out.reshape(b, t, self.n_heads * e)), new
 
 
 class LlamaMLP(nnx.Module):
@@ -203,9 +236,10 @@ class LlamaDecoderLayer(nnx.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def __call__(self, h, cos, sin, allowed):
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, allowed)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def __call__(self, h, cos, sin, allowed, kv=None, index=None):
+        a, kv = self.self_attn(self.input_layernorm(h), cos, sin, allowed, kv, index)
+        h = h + a
+        return h + self.mlp(self.post_attention_layernorm(h)), kv
 
 
 class LlamaModel(nnx.Module):
@@ -252,15 +286,107 @@ class Llama(nnx.Module):
         if positions is None:
             # HF generate: cumsum - 1, pads set to 1 (they are masked out anyway).
             positions = jnp.where(mask, jnp.cumsum(mask, axis=-1) - 1, 1)
-        cos, sin = self.rope_tables(jnp.asarray(positions))
         causal = jnp.tril(jnp.ones((t, t), bool))  # [T, S]
         allowed = (causal[None] & mask[:, None, :])[:, None]  # [B, 1, T, S]
+        return self._forward(ids, jnp.asarray(positions), allowed)[0]
+
+    def _forward(self, ids, positions, allowed, cache=None):
+        """logits ``[B, T, V]`` float32 and ``cache`` with this call's keys/values written at
+        slots ``cache.index ..`` (None without a cache)."""
+        cos, sin = self.rope_tables(positions)
         h = self.model.embed_tokens(ids)  # [B, T, D]
-        for layer in self.model.layers:
-            h = layer(h, cos, sin, allowed)
+        for i, layer in enumerate(self.model.layers):
+            if cache is None:
+                h, _ = layer(h, cos, sin, allowed)
+                continue
+            h, (k, v) = layer(h, cos, sin, allowed, (cache.k[i], cache.v[i]), cache.index)
+            # Only the T new slots are written, in place inside a while_loop (not the cache).
+            start = (i, 0, 0, cache.index, 0)
+            cache = dataclasses.replace(
+                cache,
+                k=jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start),
+                v=jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start),
+            )
         h = self.model.norm(h)
         if self.config.tie_word_embeddings:
             logits = self.model.embed_tokens.attend(h)
         else:
             logits = self.lm_head(h)
-        return logits.astype(jnp.float32)  # [B, T, V]
+        return logits.astype(jnp.float32), cache  # [B, T, V]
+
+    def init_cache(self, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+        """An empty cache of ``max_len`` slots for ``batch`` rows."""
+        c = self.config
+        shape = (c.num_hidden_layers, batch, c.num_key_value_heads, max_len, c.head_dim)
+        return KVCache(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            filled=jnp.zeros((batch, max_len), bool),
+            count=jnp.zeros((batch,), jnp.int32),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    def extend(self, ids, attention_mask, cache: KVCache):
+        """Run ``ids [B, T]`` (``attention_mask [B, T]``, pads anywhere) after what ``cache``
+        holds: logits ``[B, T, V]`` and the cache with them appended. Positions continue each
+        row's count of real tokens, so a left-padded prefill then one-token decode steps see
+        the positions of the unpadded rows (HF generate's ``cumsum(mask) - 1``)."""
+        ids = jnp.asarray(ids)
+        mask = jnp.asarray(attention_mask) > 0  # [B, T]
+        t, s = ids.shape[1], cache.filled.shape[1]
+        positions = cache.count[:, None] + jnp.cumsum(mask, axis=-1) - 1  # [B, T]
+        filled = jax.lax.dynamic_update_slice(cache.filled, mask, (0, cache.index))  # [B, S]
+        slot = jnp.arange(s)  # query at slot index + q sees filled slots up to itself
+        causal = slot[None, :] <= (cache.index + jnp.arange(t))[:, None]  # [T, S]
+        allowed = (causal[None] & filled[:, None, :])[:, None]  # [B, 1, T, S]
+        logits, cache = self._forward(ids, jnp.maximum(positions, 0), allowed, cache)
+        cache = dataclasses.replace(
+            cache,
+            filled=filled,
+            count=cache.count + mask.sum(-1).astype(jnp.int32),
+            index=cache.index + t,
+        )
+        return logits, cache
+
+
+def greedy_generate(model: Llama, ids, attention_mask=None, max_new_tokens: int = 16):
+    """Greedy continuation ``[B, max_new_tokens]`` int32 of the left-padded batch ``ids [B, T]``
+    (``attention_mask [B, T]``, 1 = token), as ``generate(do_sample=False)``: a row stops at its
+    first EOS (any of ``config.eos_token_id``) and is padded with EOS afterwards (with
+    ``pad_token_id``, else 0, when there is no EOS). One jitted prefill, then one-token decode
+    steps in a ``lax.while_loop`` that ends when every row has stopped."""
+    ids = jnp.asarray(ids, jnp.int32)
+    mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask)
+    cfg = model.config
+    fill = cfg.eos_ids[0] if cfg.eos_ids else (cfg.pad_token_id or 0)
+    graphdef, state = nnx.split(model)
+    return _greedy(graphdef, state, ids, mask.astype(jnp.int32), max_new_tokens, cfg.eos_ids, fill)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+def _greedy(graphdef, state, ids, mask, n: int, eos: tuple[int, ...], fill: int):
+    model = nnx.merge(graphdef, state)
+    b, t = ids.shape
+    logits, cache = model.extend(ids, mask, model.init_cache(b, t + n))
+    eos_arr = jnp.asarray(eos, jnp.int32)
+
+    def cond(carry):
+        i, _, done, _, _ = carry
+        return (i < n) & ~jnp.all(done)
+
+    def body(carry):
+        i, out, done, nxt, cache = carry
+        tok = jnp.where(done, fill, nxt)  # [B]
+        out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))  # [B, n]
+        done = done | jnp.isin(tok, eos_arr)
+        logits, cache = model.extend(tok[:, None], jnp.ones((b, 1), jnp.int32), cache)
+        return i + 1, out, done, jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
+
+    carry = (
+        jnp.zeros((), jnp.int32),
+        jnp.full((b, n), fill, jnp.int32),
+        jnp.zeros((b,), bool),
+        jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32),  # [B]: rows end with a token
+        cache,
+    )
+    return jax.lax.while_loop(cond, body, carry)[1]
