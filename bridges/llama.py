@@ -32,10 +32,12 @@ __all__ = [
     "config_to_hf",
     "from_hf",
     "from_state_dict",
+    "from_upstream",
     "read_state_dict",
     "rules_for",
     "save_hf",
     "to_state_dict",
+    "to_upstream",
 ]
 
 # HF config fields that map onto LlamaConfig one to one (rope fields are handled apart).
@@ -222,3 +224,19 @@ def to_state_dict(model: Llama) -> dict[str, np.ndarray]:
 def save_hf(model: Llama, directory: str | Path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` loadable by ``LlamaForCausalLM``."""
     return write_hf_dir(directory, to_state_dict(model), config_to_hf(model.config))
+
+
+def from_upstream(src: str | Path) -> Llama:
+    """The bridge protocol's reader (``bridges.convert``): an HF directory or hub id, or a
+    llama.cpp ``.gguf`` file (dequantised to float32)."""
+    if str(src).endswith(".gguf"):
+        from bridges.gguf import read_gguf
+
+        hf, sd = read_gguf(src)
+        return from_state_dict(sd, config_from_hf(hf), source=src)
+    return from_hf(src)
+
+
+def to_upstream(model: Llama, dst: Path) -> Path:
+    """The bridge protocol's writer: an HF directory at ``dst`` (see :func:`save_hf`)."""
+    return save_hf(model, dst)
