@@ -12,7 +12,8 @@ table. What a port gets wrong first:
 * left padding: positions per row are ``cumsum(mask) - 1`` (what HF ``generate`` passes), so a
   padded row sees the same positions, hence the same logits, as the unpadded one.
 
-The KV cache and ``lax.while_loop`` generation come in a later increment.
+Generation (:func:`generate`) runs a fixed-size KV cache through one jitted prefill and a
+``lax.while_loop`` of decode steps, greedy or sampled (``llama_sampling``).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from flax import nnx
 
 from jaxts.config import DictConfig, require_positive
 from jaxts.layers.norms import RMSNorm
+from jaxts.models.llama_sampling import sample_tokens, warp_logits
 
 __all__ = [
     "KVCache",
     "Llama",
     "LlamaConfig",
+    "generate",
     "greedy_generate",
     "RopeScaling",
     "apply_rope_half",
@@ -349,26 +352,58 @@ class Llama(nnx.Module):
         return logits, cache
 
 
-def greedy_generate(model: Llama, ids, attention_mask=None, max_new_tokens: int = 16):
-    """Greedy continuation ``[B, max_new_tokens]`` int32 of the left-padded batch ``ids [B, T]``
-    (``attention_mask [B, T]``, 1 = token), as ``generate(do_sample=False)``: a row stops at its
-    first EOS (any of ``config.eos_token_id``) and is padded with EOS afterwards (with
+def generate(
+    model: Llama,
+    ids,
+    attention_mask=None,
+    max_new_tokens: int = 16,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    key: jax.Array | None = None,
+):
+    """Continuation ``[B, max_new_tokens]`` int32 of the left-padded batch ``ids [B, T]``
+    (``attention_mask [B, T]``, 1 = token). ``temperature == 0``: greedy, as
+    ``generate(do_sample=False)`` (top-k/top-p ignored); otherwise each token is drawn from the
+    logits warped as HF's temperature -> top-k -> top-p warpers do
+    (:func:`jaxts.models.llama_sampling.warp_logits`), step ``i`` with ``fold_in(key, i)``
+    (``key`` None: ``jax.random.key(0)``, so a call is reproducible). A row stops at its first
+    EOS (any of ``config.eos_token_id``) and is padded with EOS afterwards (with
     ``pad_token_id``, else 0, when there is no EOS). One jitted prefill, then one-token decode
-    steps in a ``lax.while_loop`` that ends when every row has stopped."""
+    steps in a ``lax.while_loop`` that ends when every row has stopped; the sampling settings
+    are static (one compile per setting, as ``lax.top_k`` needs a static k)."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature > 0:
+        warp_logits(jnp.zeros((1, 1)), temperature, top_k, top_p)  # validate before tracing
     ids = jnp.asarray(ids, jnp.int32)
     mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask)
     cfg = model.config
     fill = cfg.eos_ids[0] if cfg.eos_ids else (cfg.pad_token_id or 0)
+    key = jax.random.key(0) if key is None else key
     graphdef, state = nnx.split(model)
-    return _greedy(graphdef, state, ids, mask.astype(jnp.int32), max_new_tokens, cfg.eos_ids, fill)
+    sampling = (float(temperature), int(top_k), float(top_p))
+    return _generate(
+        graphdef, state, ids, mask.astype(jnp.int32), key, max_new_tokens, cfg.eos_ids, fill,
+        sampling,
+    )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-def _greedy(graphdef, state, ids, mask, n: int, eos: tuple[int, ...], fill: int):
+def greedy_generate(model: Llama, ids, attention_mask=None, max_new_tokens: int = 16):
+    """Greedy continuation ``[B, max_new_tokens]``: :func:`generate` at temperature 0."""
+    return generate(model, ids, attention_mask, max_new_tokens)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8))
+def _generate(graphdef, state, ids, mask, key, n: int, eos: tuple[int, ...], fill: int, sampling):
     model = nnx.merge(graphdef, state)
     b, t = ids.shape
     logits, cache = model.extend(ids, mask, model.init_cache(b, t + n))
     eos_arr = jnp.asarray(eos, jnp.int32)
+
+    def pick(logits, i):  # token i of every row [B] from the last position's logits [B, V]
+        return sample_tokens(logits[:, -1], jax.random.fold_in(key, i), *sampling)
 
     def cond(carry):
         i, _, done, _, _ = carry
@@ -380,13 +415,13 @@ def _greedy(graphdef, state, ids, mask, n: int, eos: tuple[int, ...], fill: int)
         out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))  # [B, n]
         done = done | jnp.isin(tok, eos_arr)
         logits, cache = model.extend(tok[:, None], jnp.ones((b, 1), jnp.int32), cache)
-        return i + 1, out, done, jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache
+        return i + 1, out, done, pick(logits, i + 1), cache
 
     carry = (
         jnp.zeros((), jnp.int32),
         jnp.full((b, n), fill, jnp.int32),
         jnp.zeros((b,), bool),
-        jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32),  # [B]: rows end with a token
+        pick(logits, 0),  # [B]: rows end with a token
         cache,
     )
     return jax.lax.while_loop(cond, body, carry)[1]
