@@ -97,3 +97,21 @@ def run_on_devices(code: str, marker: str, n_devices: int = 4, timeout: int = 30
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert marker in proc.stdout, proc.stdout[-3000:]
     return proc.stdout
+
+
+def hf_greedy(tm, ids, mask, n, eos) -> np.ndarray:
+    """transformers' greedy ``generate`` of ``n`` tokens after left-padded ``ids`` / ``mask``,
+    padded with ``eos`` to ``n`` columns (HF stops once every row is done; jaxts always returns
+    ``n``)."""
+    import torch
+
+    with torch.no_grad():
+        out = tm.generate(
+            input_ids=torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            do_sample=False,
+            max_new_tokens=n,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )[:, ids.shape[1] :].numpy()
+    return np.pad(out, ((0, 0), (0, n - out.shape[1])), constant_values=eos)

@@ -17,6 +17,7 @@ from transformers import LlamaForCausalLM
 from bridges import llama as bridge
 from bridges._mapping import CheckpointKeyError
 from jaxts.models.llama import Llama, LlamaConfig, greedy_generate, rope_inv_freq
+from tests.helpers import hf_greedy
 
 LLAMA3 = {
     "rope_type": "llama3",
@@ -136,20 +137,6 @@ def test_cached_decode_equals_full_forward(pair):
         logits.append(np.asarray(step))
     got = np.concatenate(logits, axis=1)
     np.testing.assert_allclose(got[mask > 0], full[mask > 0], atol=1e-5, rtol=0)
-
-
-def hf_greedy(tm, ids, mask, n, eos) -> np.ndarray:
-    with torch.no_grad():
-        out = tm.generate(
-            input_ids=torch.from_numpy(ids).long(),
-            attention_mask=torch.from_numpy(mask).long(),
-            do_sample=False,
-            max_new_tokens=n,
-            eos_token_id=eos,
-            pad_token_id=eos,
-        )[:, ids.shape[1] :].numpy()
-    # HF stops early once every row is done; we always return n columns padded with EOS
-    return np.pad(out, ((0, 0), (0, n - out.shape[1])), constant_values=eos)
 
 
 def test_greedy_generation_equals_transformers(pair):

@@ -104,7 +104,7 @@ def test_smollm2_pipeline_generates_as_transformers(tokenizers_pair):
     import torch
     from transformers import LlamaForCausalLM
 
-    from tests.test_llama_parity import hf_greedy
+    from tests.helpers import hf_greedy
 
     path = smollm2_or_skip()
     _, theirs = tokenizers_pair
