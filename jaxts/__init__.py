@@ -8,11 +8,13 @@ from jaxts.models.chronos2 import Chronos2Config, Chronos2Model
 from jaxts.models.chronos_bolt import ChronosBolt, ChronosBoltConfig
 from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
 from jaxts.models.distance_head import DistanceAwareChronos, DistanceHead, DistanceHeadConfig
+from jaxts.models.llama import Llama, LlamaConfig
 from jaxts.models.timer_xl import TimerXL, TimerXLConfig, rolling_forecast
 from jaxts.pipelines.chronos2 import Chronos2Pipeline
 from jaxts.pipelines.chronos_bolt import ChronosBoltPipeline
 from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline
 from jaxts.pipelines.distance_aware_chronos import DistanceAwareChronosPipeline
+from jaxts.pipelines.llama import LlamaPipeline
 from jaxts.soft_mask import SoftGroupMask
 
 __version__ = "0.1.0"
@@ -30,6 +32,9 @@ __all__ = [
     "DistanceAwareChronosPipeline",
     "DistanceHead",
     "DistanceHeadConfig",
+    "Llama",
+    "LlamaConfig",
+    "LlamaPipeline",
     "TimerXL",
     "TimerXLConfig",
     "SoftGroupMask",

@@ -91,6 +91,13 @@ FAMILIES: dict[str, Family] = {
             bridge="bridges.chronos_bolt",
             upstream="HF Chronos-Bolt directory or hub id (config.json + model.safetensors)",
         ),
+        Family(
+            name="llama",
+            config="jaxts.models.llama:LlamaConfig",
+            model="jaxts.models.llama:Llama",
+            bridge="bridges.llama",
+            upstream="HF LlamaForCausalLM directory or hub id (safetensors), or a llama.cpp .gguf file",
+        ),
     )
 }
 

@@ -106,7 +106,7 @@ def test_config_that_does_not_fit_the_weights_names_the_keys(ckpt):
     [
         ("{not json", "not valid JSON"),
         ('{"model": "timer_xl"}', 'a "config" object'),
-        ('{"model": "llama", "config": {}}', "unknown model family 'llama'"),
+        ('{"model": "timesfm", "config": {}}', "unknown model family 'timesfm'"),
         ('{"model": "timer_xl", "config": {"d_model": "wide"}}', "d_model: Input should be"),
         ('{"model": "timer_xl", "config": {"flash": true}}', "flash: unknown key"),
     ],

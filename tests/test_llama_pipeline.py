@@ -236,10 +236,22 @@ def test_ragged_rows_equal_each_row_alone():
     assert ids[1].tolist() == [2, 2, 2, 2, 10] and mask[1].tolist() == [0, 0, 0, 0, 1]
 
 
+def test_sampling_options_reach_the_generation_loop():
+    import jax
+
+    from jaxts.models.llama import generate
+
+    pipe = LlamaPipeline(tiny_llama(97))
+    ids, key = np.array([[5, 6, 7]], np.int32), jax.random.key(3)
+    got = pipe.generate_ids(ids, 5, temperature=0.7, top_k=20, top_p=0.9, key=key)
+    want = generate(pipe.model, ids, None, 5, temperature=0.7, top_k=20, top_p=0.9, key=key)
+    np.testing.assert_array_equal(got, np.asarray(want))
+    with pytest.raises(ValueError, match="top_p"):
+        pipe.generate_ids(ids, 2, temperature=0.7, top_p=1.5)
+
+
 def test_unimplemented_options_are_named():
     pipe = LlamaPipeline(tiny_llama(97))
-    with pytest.raises(NotImplementedError, match="temperature"):
-        pipe.generate_ids([[5]], 2, temperature=0.7)
     with pytest.raises(NotImplementedError, match="num_beams"):
         pipe.generate_ids([[5]], 2, num_beams=4)
     with pytest.raises(ValueError, match="max_new_tokens"):

@@ -5,8 +5,9 @@ template, generating text.
     pipe.generate([{"role": "user", "content": "What is the capital of France?"}], 32)
 
 Loads an HF directory or hub id (``from_pretrained``) or a llama.cpp GGUF file (``from_gguf``).
-Only greedy decoding (temperature 0, one beam) is implemented so far; other settings raise
-``NotImplementedError`` naming the option rather than silently decoding greedily.
+Greedy decoding (temperature 0) and sampling (temperature, top-k, top-p as transformers'
+warpers) run in one jitted loop (:func:`jaxts.models.llama.generate`); beam search is not
+implemented yet and raises ``NotImplementedError`` rather than silently decoding greedily.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxts.models.llama import Llama, greedy_generate
+from jaxts.models.llama import Llama, generate
 from jaxts.models.llama_tokenizer import TOKENIZER_FILES, LlamaTokenizer
 
 __all__ = ["LlamaPipeline", "left_pad"]
@@ -98,8 +99,6 @@ class LlamaPipeline:
         """New tokens ``[B, max_new_tokens]`` int32 after ``ids`` (an int array [B, T], or a list
         of ragged id lists, left-padded here with a mask). Rows that stop at EOS are padded with
         EOS. ``top_k``/``top_p``/``key`` only matter when sampling (temperature > 0)."""
-        if temperature > 0:
-            raise NotImplementedError("temperature > 0 (sampling) is not implemented yet")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if num_beams != 1:
@@ -116,7 +115,9 @@ class LlamaPipeline:
         vocab = self.model.config.vocab_size
         if ids.min() < 0 or ids[mask > 0].max() >= vocab:
             raise ValueError(f"token ids must lie in [0, {vocab})")
-        return np.asarray(greedy_generate(self.model, ids, mask, max_new_tokens), np.int32)
+        out = generate(self.model, ids, mask, max_new_tokens, temperature=temperature,
+                       top_k=top_k, top_p=top_p, key=key)  # fmt: skip
+        return np.asarray(out, np.int32)
 
     def generate(self, text_or_messages, max_new_tokens: int, **options) -> str:
         """The decoded continuation of a prompt string (special tokens added as the tokenizer
