@@ -36,6 +36,7 @@ __all__ = [
     "import_torch",
     "load_torch_state",
     "read_hf_config",
+    "read_safetensors",
     "torch_load",
     "torch_save",
     "torch_state",
@@ -192,6 +193,27 @@ def torch_save(state_dict: Mapping[str, np.ndarray], path: Path) -> Path:
 
 
 # ---- HF directories: config.json + model.safetensors ---------------------------------------
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a ``.safetensors`` file as numpy (bf16 through torch); a damaged file is
+    one :class:`CheckpointError` naming it."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        try:
+            return load_file(str(path))
+        except (TypeError, ValueError):  # bf16 has no numpy dtype: go through torch
+            import_torch(path)
+            from safetensors.torch import load_file as load_torch
+
+            return {k: v.float().numpy() for k, v in load_torch(str(path)).items()}
+    except SafetensorError as e:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file (empty, truncated or damaged: "
+            f"{first_line(e, 120)})"
+        ) from None
 
 
 def read_hf_config(directory: Path, parse: Callable[[dict], object]):

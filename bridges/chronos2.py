@@ -28,10 +28,11 @@ from bridges._mapping import (
     Rule,
     expand_rules,
     load_torch_state,
+    read_safetensors,
     torch_load,
     torch_state,
 )
-from bridges.chronos_t5 import _read_safetensors, read_state_dict
+from bridges.chronos_t5 import read_state_dict
 from jaxts.checkpoint import read_json
 from jaxts.models.chronos2 import (
     Chronos2Config,
@@ -202,7 +203,7 @@ def lora_scaling(adapter: dict, source) -> float:
 def _read_adapter_weights(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
     st, pt = (directory / f for f in ADAPTER_FILES)
     if st.is_file():
-        return {k: np.asarray(v, np.float32) for k, v in _read_safetensors(st).items()}, st
+        return {k: np.asarray(v, np.float32) for k, v in read_safetensors(st).items()}, st
     if pt.is_file():
         sd = torch_load(pt)
         return {k: v.float().numpy() for k, v in sd.items()}, pt

@@ -19,14 +19,14 @@ from bridges._mapping import (
     CheckpointKeyError,
     Rule,
     expand_rules,
-    import_torch,
     load_torch_state,
     read_hf_config,
+    read_safetensors,
     torch_load,
     torch_state,
     write_hf_dir,
 )
-from jaxts.checkpoint import CheckpointError, first_line
+from jaxts.checkpoint import CheckpointError
 from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
 from jaxts.models.chronos_tokenizer import ChronosConfig
 from jaxts.models.t5 import T5Config
@@ -193,31 +193,12 @@ def rules_for(t5: T5Config) -> list[Rule]:
     return rules
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        try:
-            return load_file(str(path))
-        except (TypeError, ValueError):  # bf16 has no numpy dtype: go through torch
-            import_torch(path)
-            from safetensors.torch import load_file as load_torch
-
-            return {k: v.float().numpy() for k, v in load_torch(str(path)).items()}
-    except SafetensorError as e:
-        raise CheckpointError(
-            f"{path}: not a readable safetensors file (empty, truncated or damaged: "
-            f"{first_line(e, 120)})"
-        ) from None
-
-
 def read_state_dict(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
     """float32 numpy tensors from ``model.safetensors`` (preferred) or ``pytorch_model.bin``,
     and the file they came from."""
     st, pt = directory / SAFETENSORS_FILE, directory / BIN_FILE
     if st.is_file():
-        raw, path = _read_safetensors(st), st
+        raw, path = read_safetensors(st), st
     elif pt.is_file():
         sd = torch_load(pt)
         if not isinstance(sd, dict):

@@ -20,10 +20,11 @@ from bridges._mapping import (
     expand_rules,
     load_torch_state,
     read_hf_config,
+    read_safetensors,
     torch_state,
     write_hf_dir,
 )
-from bridges.chronos_t5 import _read_safetensors, resolve_dir
+from bridges.chronos_t5 import resolve_dir
 from jaxts.checkpoint import CheckpointError, read_json
 from jaxts.models.llama import Llama, LlamaConfig
 
@@ -175,7 +176,7 @@ def read_state_dict(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
     from (the index for a sharded checkpoint)."""
     single, index = directory / SAFETENSORS_FILE, directory / INDEX_FILE
     if single.is_file():
-        raw, source = _read_safetensors(single), single
+        raw, source = read_safetensors(single), single
     elif index.is_file():
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
@@ -185,7 +186,7 @@ def read_state_dict(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
             path = directory / shard
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: shard named by {index} not found")
-            raw.update(_read_safetensors(path))
+            raw.update(read_safetensors(path))
     else:
         raise FileNotFoundError(f"{directory}: neither {SAFETENSORS_FILE} nor {INDEX_FILE} found")
     return {k: np.asarray(v, np.float32) for k, v in raw.items()}, source
