@@ -73,7 +73,6 @@ class Chronos2Pipeline:
         model.eval()
         self.model = model
         self.trace_count = 0  # how many programs the model step has been traced (compiled) for
-        self._split = None  # (graphdef, state) of the model during one predict call
         self._step = jax.jit(self._traced_step, static_argnames=("graphdef", "n"))
 
     @classmethod
@@ -123,7 +122,7 @@ class Chronos2Pipeline:
         model = nnx.merge(graphdef, state)
         return model(context, None, group_ids, future, n, bias)
 
-    def _predict_step(self, context, group_ids, future, bias, n: int) -> np.ndarray:
+    def _predict_step(self, split, context, group_ids, future, bias, n: int) -> np.ndarray:
         """Quantiles ``[B, Q, n*P]`` of ``context [B, T]``; ``future [B, F]`` is cut or
         NaN-padded to ``n*P`` steps (upstream); then rows and context are padded to buckets."""
         b, t = context.shape
@@ -140,8 +139,7 @@ class Chronos2Pipeline:
         if bias is not None:
             bias = np.pad(bias, ((0, rows), (0, rows)), constant_values=np.float32(MASK_VALUE))
             bias = jnp.asarray(bias, jnp.float32)
-        # split once per predict (12 ms at the published size), fresh each call: never stale
-        graphdef, state = self._split or nnx.split(self.model)
+        graphdef, state = split
         out = self._step(
             graphdef, state, jnp.asarray(context, jnp.float32), jnp.asarray(ids, jnp.int32),
             jnp.asarray(future, jnp.float32), bias, n=n,
@@ -218,26 +216,34 @@ class Chronos2Pipeline:
             if np.isinf(task["context"]).any() or np.isinf(task["future_covariates"]).any():
                 raise ValueError(f"inputs[{i}] contains inf; use NaN for missing values")
         out: list[np.ndarray] = []
-        self._split = nnx.split(self.model)
-        try:
-            for batch in inference_batches(prepared, context_length, batch_size):
-                group_ids = batch.group_ids
-                if cross_learning:
-                    group_ids = np.zeros_like(group_ids)
-                bias = None
-                if soft_mask is not None:
-                    bias = np.asarray(soft_mask.group_bias(batch.context, group_ids), np.float32)
-                out.extend(
-                    self._predict_batch(batch, group_ids, bias, h, max_patches, unrolled_quantiles)
+        # split once per predict, not per model call (12 ms at the published size), and fresh
+        # each predict so that weights changed in between are seen
+        split = nnx.split(self.model)
+        for batch in inference_batches(prepared, context_length, batch_size):
+            group_ids = batch.group_ids
+            if cross_learning:
+                group_ids = np.zeros_like(group_ids)
+            bias = None
+            if soft_mask is not None:
+                bias = np.asarray(soft_mask.group_bias(batch.context, group_ids), np.float32)
+            out.extend(
+                self._predict_batch(
+                    split, batch, group_ids, bias, h, max_patches, unrolled_quantiles
                 )
-                if after_batch is not None:
-                    after_batch()
-        finally:
-            self._split = None
+            )
+            if after_batch is not None:
+                after_batch()
         return out
 
     def _predict_batch(
-        self, batch: Batch, group_ids, bias, h: int, max_patches: int, unrolled: Sequence[float]
+        self,
+        split,
+        batch: Batch,
+        group_ids,
+        bias,
+        h: int,
+        max_patches: int,
+        unrolled: Sequence[float],
     ) -> list[np.ndarray]:
         p = self.model_output_patch_size
 
@@ -245,7 +251,7 @@ class Chronos2Pipeline:
             return min(math.ceil(remaining / p), max_patches)
 
         context, future = batch.context, batch.future_covariates
-        prediction = self._predict_step(context, group_ids, future, bias, n_patches(h))
+        prediction = self._predict_step(split, context, group_ids, future, bias, n_patches(h))
         predictions, remaining = [prediction], h - prediction.shape[-1]
         if remaining > 0:
             n_paths = len(unrolled)
@@ -260,7 +266,7 @@ class Chronos2Pipeline:
             ).reshape(-1)  # [n * Q]
         while remaining > 0:
             prediction, context, future = self._unroll_step(
-                context, group_ids, future, bias, prediction, unrolled, weights,
+                split, context, group_ids, future, bias, prediction, unrolled, weights,
                 n_patches(remaining),
             )  # fmt: skip
             predictions.append(prediction)
@@ -268,7 +274,9 @@ class Chronos2Pipeline:
         full = np.concatenate(predictions, axis=-1)[..., :h]  # [B, Q, H]
         return [full[start:end] for start, end in batch.target_idx_ranges]
 
-    def _unroll_step(self, context, group_ids, future, bias, prediction, unrolled, weights, n):
+    def _unroll_step(
+        self, split, context, group_ids, future, bias, prediction, unrolled, weights, n
+    ):
         """One long-horizon step: the previous forecast's unrolled quantiles appended to each
         path's context, known future covariates slid in, a forecast per path, and the
         weighted quantiles of all paths' quantiles."""
@@ -280,8 +288,9 @@ class Chronos2Pipeline:
         known = future[..., :steps]  # where a covariate's future is known, it replaces the path
         context[..., -steps:] = np.where(np.isnan(known), context[..., -steps:], known)
         future = future[..., steps:]
+        rows = b * n_paths
         out = self._predict_step(
-            context.reshape(b * n_paths, -1), group_ids, future.reshape(b * n_paths, -1), bias, n
+            split, context.reshape(rows, -1), group_ids, future.reshape(rows, -1), bias, n
         )  # [B*n, Q, h]
         q, h = out.shape[1:]
         samples = out.reshape(b, n_paths * q, h).transpose(0, 2, 1)  # [B, h, n*Q]
