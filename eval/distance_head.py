@@ -53,7 +53,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import sys
 import zlib
 from pathlib import Path
@@ -62,6 +61,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from eval.chronos_t5 import QUANTILES, mase, mase_scale, quantile_loss, seasonal_naive, wql
+from eval.cli import json_safe
 from eval.paired import N_BOOTSTRAP, paired_stats
 
 __all__ = ["DATASETS", "Dataset", "arg_parser", "evaluate", "load_dataset", "main", "score"]
@@ -290,17 +290,6 @@ def summarize(per_series: dict, *, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> 
 # ---- outputs ------------------------------------------------------------------------------------
 
 
-def _finite(x):
-    """JSON has no NaN/inf: undefined values are written as null."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
 def _label(row: dict) -> str:
     return "noise floor" if row["arm"] == "noise" else f"{row['arm']} vs {row['reference']}"
 
@@ -382,7 +371,7 @@ def write_outputs(out: Path, datasets: list[Dataset], res: dict, settings: dict)
                      "seasonality": d.seasonality, "source": d.source} for d in datasets}  # fmt: skip
     doc = {"settings": settings, "datasets": info, "aggregate": res["aggregate"],
            "summary": res["summary"], "per_series": per_series}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(_finite(doc), indent=1))
+    (out / "results.json").write_text(json.dumps(json_safe(doc), indent=1))
     _write_csvs(out, datasets, res)
     plot_differences(
         res,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.distance_head import _finite  # JSON without NaN/inf: null
+from eval.cli import json_safe
 from eval.paired import N_BOOTSTRAP, paired_stats
 
 __all__ = ["METRICS", "format_table", "summarize", "unit_steps", "write_outputs"]
@@ -221,7 +221,7 @@ def plot_sweep(summary: dict, arms, path: Path, title: str) -> None:
 def write_outputs(out: Path, results, arms, summary: dict, settings: dict) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     doc = {"settings": settings, **{k: v for k, v in summary.items() if k != "per_window"}}
-    (out / "results.json").write_text(json.dumps(_finite(doc), indent=1))
+    (out / "results.json").write_text(json.dumps(json_safe(doc), indent=1))
     _write_csv(out / "per_window.csv", summary["per_window"])
     _write_csv(out / "summary.csv", summary["comparisons"])
     plot_sweep(summary, arms, out / "temperature_sweep.png",
