@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from train.chronos2_data import TaskSampler, Ungrouped, load_sources
-from train.chronos_t5 import _CsvLog, add_max_steps, fit_and_summarize
+from train.chronos_t5 import CsvLog, add_max_steps, fit_and_summarize
 from train.common import build_or_init_from
 from train.config import ConfigError, RunConfig, updated
 
@@ -213,7 +213,7 @@ def run(cfg: RunConfig, *, max_steps: int | None = None, devices=None, callback=
               f"{baseline:.4f}", flush=True)  # fmt: skip
     tx, schedule = chronos_optimizer(o.learning_rate, total, c.warmup_steps, c.schedule,
                                      o.weight_decay, c.grad_clip)  # fmt: skip
-    log = _CsvLog(out / "metrics.csv", schedule, cfg.run.log_every_steps)
+    log = CsvLog(out / "metrics.csv", schedule, cfg.run.log_every_steps)
 
     def cb(info):
         log(info)

@@ -186,7 +186,7 @@ def build_model(cfg: RunConfig, init_from: str | None = None):
     )
 
 
-class _CsvLog:
+class CsvLog:
     """``metrics.csv``: one row per ``every`` steps (mean loss since the last row, the
     scheduled learning rate, seconds). A resumed run first drops the rows of the steps it
     replays."""
@@ -296,7 +296,7 @@ def windows_trainer(
     ``steps_per_epoch`` steps, and with no validation set every epoch exports ``best``."""
     from train.trainer import Trainer
 
-    log = _CsvLog(out / "metrics.csv", schedule, cfg.run.log_every_steps)
+    log = CsvLog(out / "metrics.csv", schedule, cfg.run.log_every_steps)
 
     def cb(info):
         log(info)
@@ -312,7 +312,7 @@ def windows_trainer(
     return trainer, log
 
 
-def fit_and_summarize(trainer, log: _CsvLog, t_start: float, max_steps: int | None, **extra):
+def fit_and_summarize(trainer, log: CsvLog, t_start: float, max_steps: int | None, **extra):
     """:func:`train.common.fit_and_report`, then ``summary.json`` in the run folder (steps run,
     seconds, the last logged loss, then ``extra``), printed in one line; returns the summary."""
     from train.common import fit_and_report

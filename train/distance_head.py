@@ -45,7 +45,7 @@ import optax
 
 from train.chronos_t5 import (
     ChronosWindows,
-    _CsvLog,
+    CsvLog,
     fit_and_summarize,
     load_series,
     print_series,
@@ -222,7 +222,7 @@ class Prepared(NamedTuple):
 
     trainer: Any
     cfg: RunConfig
-    log: _CsvLog
+    log: CsvLog
     counts: dict[str, int]
     recipe: dict[str, Any]
 
