@@ -34,6 +34,7 @@ from jaxts.models.llama_sampling import sample_tokens, warp_logits
 __all__ = [
     "KVCache",
     "Llama",
+    "cast_params",
     "LlamaConfig",
     "generate",
     "greedy_generate",
@@ -296,8 +297,9 @@ class Llama(nnx.Module):
     def _forward(self, ids, positions, allowed, cache=None):
         """logits ``[B, T, V]`` float32 and ``cache`` with this call's keys/values written at
         slots ``cache.index ..`` (None without a cache)."""
-        cos, sin = self.rope_tables(positions)
         h = self.model.embed_tokens(ids)  # [B, T, D]
+        # HF casts cos/sin to the activation dtype: in bfloat16 the rotation rounds as there.
+        cos, sin = (c.astype(h.dtype) for c in self.rope_tables(positions))
         for i, layer in enumerate(self.model.layers):
             if cache is None:
                 h, _ = layer(h, cos, sin, allowed)
@@ -317,9 +319,17 @@ class Llama(nnx.Module):
             logits = self.lm_head(h)
         return logits.astype(jnp.float32), cache  # [B, T, V]
 
-    def init_cache(self, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
-        """An empty cache of ``max_len`` slots for ``batch`` rows."""
+    @property
+    def dtype(self):
+        """The weights' (hence the activations') dtype: float32, or bfloat16 after
+        :func:`cast_params`."""
+        return self.model.embed_tokens.embedding[...].dtype
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """An empty cache of ``max_len`` slots for ``batch`` rows (``dtype`` None: the
+        weights' dtype, so a bfloat16 model keeps a bfloat16 cache)."""
         c = self.config
+        dtype = self.dtype if dtype is None else dtype
         shape = (c.num_hidden_layers, batch, c.num_key_value_heads, max_len, c.head_dim)
         return KVCache(
             k=jnp.zeros(shape, dtype),
@@ -350,6 +360,19 @@ class Llama(nnx.Module):
             index=cache.index + t,
         )
         return logits, cache
+
+
+def cast_params(model: Llama, dtype) -> Llama:
+    """Cast every weight of ``model`` to ``dtype`` in place (``jnp.bfloat16``: bfloat16 weights
+    and activations, as an HF model after ``.to(torch.bfloat16)``; ``jnp.float32`` back). RMS
+    statistics and the attention softmax stay float32 and logits are returned in float32, as
+    HF does. The RoPE inverse frequencies are a constant, not a weight, and stay float32."""
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
+    params = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(lambda p: p.astype(dtype), params))
+    return model
 
 
 def generate(

