@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.distance_head --force
 	$(BIN)/python -m bench.chronos2 --force
 	$(BIN)/python -m bench.chronos_bolt --force
+	$(BIN)/python -m bench.llama --force
 
 clean-venv:
 	rm -rf $(VENV)
