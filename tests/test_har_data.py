@@ -69,8 +69,8 @@ def test_nothing_found_names_the_folders(monkeypatch, tmp_path):
 
 
 def _write_tiny_har(folder, *, rows=4, prefix="", bad=None):
-    """A synthetic HAR folder: ``rows`` windows, labels cycling 1..6 (uncompressed CSVs are
-    accepted under the .csv.gz names by pandas' compression inference only when gzip: write gz)."""
+    """A synthetic HAR folder: ``rows`` windows of N(0, 1) values, labels cycling 1..6, the
+    labels file in the UCI "ID NAME" form; ``bad`` plants one defect."""
     import gzip
 
     folder.mkdir(parents=True, exist_ok=True)
