@@ -35,6 +35,7 @@ __all__ = [
     "KVCache",
     "Llama",
     "cast_params",
+    "decode_loop",
     "LlamaConfig",
     "generate",
     "greedy_generate",
@@ -423,14 +424,28 @@ def _generate(graphdef, state, ids, mask, key, n: int, eos: tuple[int, ...], fil
     model = nnx.merge(graphdef, state)
     b, t = ids.shape
     logits, cache = model.extend(ids, mask, model.init_cache(b, t + n))
-    eos_arr = jnp.asarray(eos, jnp.int32)
+    return decode_loop(model, logits[:, -1], cache, key, n, eos, fill, sampling)
 
-    def pick(logits, i):  # token i of every row [B] from the last position's logits [B, V]
-        return sample_tokens(logits[:, -1], jax.random.fold_in(key, i), *sampling)
+
+def decode_loop(model: Llama, logits, cache: KVCache, key, n: int, eos, fill: int, sampling,
+                limit=None):  # fmt: skip
+    """Traced body of generation: ``n`` (static) tokens ``[B, n]`` int32 after the last
+    position's ``logits [B, V]`` of what ``cache`` holds (which needs ``n`` free slots). Token
+    ``i`` is :func:`sample_tokens` of step ``i``'s logits with ``fold_in(key, i)`` and
+    ``sampling = (temperature, top_k, top_p)``; a row stops after its first token in ``eos``
+    and is filled with ``fill`` afterwards. ``limit`` (a traced int, at most ``n``): stop after
+    that many tokens (the rest is ``fill``), so callers can bucket ``n`` without recompiling.
+    Runs in a ``lax.while_loop`` that ends once every row has stopped."""
+    b = logits.shape[0]
+    eos_arr = jnp.asarray(eos, jnp.int32)
+    limit = n if limit is None else limit
+
+    def pick(logits, i):  # token i of every row [B] from logits [B, V]
+        return sample_tokens(logits, jax.random.fold_in(key, i), *sampling)
 
     def cond(carry):
         i, _, done, _, _ = carry
-        return (i < n) & ~jnp.all(done)
+        return (i < limit) & ~jnp.all(done)
 
     def body(carry):
         i, out, done, nxt, cache = carry
@@ -438,7 +453,7 @@ def _generate(graphdef, state, ids, mask, key, n: int, eos: tuple[int, ...], fil
         out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))  # [B, n]
         done = done | jnp.isin(tok, eos_arr)
         logits, cache = model.extend(tok[:, None], jnp.ones((b, 1), jnp.int32), cache)
-        return i + 1, out, done, pick(logits, i + 1), cache
+        return i + 1, out, done, pick(logits[:, -1], i + 1), cache
 
     carry = (
         jnp.zeros((), jnp.int32),
