@@ -56,18 +56,24 @@ class ToyModel(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(logits=logits)
 
 
-@pytest.mark.parametrize("seed,num_beams,max_new,length_penalty",
-                         [(3, 1, 5, 1.0), (3, 2, 5, 1.0), (3, 3, 7, 1.0), (3, 5, 7, 1.0), (4, 5, 6, 1.0),
-                          (5, 4, 6, 1.0), (6, 5, 8, 1.0), (4, 3, 6, 0.0), (5, 5, 7, 2.0)])  # fmt: skip
-def test_beam_equals_transformers_generate(seed, num_beams, max_new, length_penalty):
-    lm = TabularLM(5, eos_id=0, seed=seed)
-    model = ToyModel(ToyConfig(vocab_size=5, eos_token_id=0, pad_token_id=0, bos_token_id=1), lm)
+class TwoEos(TabularLM):
+    eos_ids = (0, 4)  # a chat model's end-of-turn and end-of-text
+
+
+@pytest.mark.parametrize("seed,num_beams,max_new,length_penalty,eos",
+                         [(3, 1, 5, 1.0, [0]), (3, 2, 5, 1.0, [0]), (3, 3, 7, 1.0, [0]), (3, 5, 7, 1.0, [0]),
+                          (4, 5, 6, 1.0, [0]), (5, 4, 6, 1.0, [0]), (6, 5, 8, 1.0, [0]), (4, 3, 6, 0.0, [0]),
+                          (5, 5, 7, 2.0, [0]), (3, 3, 6, 1.0, [0, 4]), (7, 5, 7, 1.0, [0, 4])])  # fmt: skip
+def test_beam_equals_transformers_generate(seed, num_beams, max_new, length_penalty, eos):
+    lm = (TwoEos if len(eos) == 2 else TabularLM)(5, eos_id=0, seed=seed)
+    model = ToyModel(ToyConfig(vocab_size=5, eos_token_id=eos, pad_token_id=0, bos_token_id=1), lm)
     out = model.generate(torch.tensor([PROMPT]), num_beams=num_beams, max_new_tokens=max_new, do_sample=False,
                          use_cache=False, early_stopping=False, length_penalty=length_penalty,
                          return_dict_in_generate=True, output_scores=True)  # fmt: skip
     want = out.sequences[0, len(PROMPT) :].tolist()
-    if lm.eos_id in want:  # HF pads after EOS with the pad id
-        want = want[: want.index(lm.eos_id) + 1]
+    ends = [i for i, t in enumerate(want) if t in eos]
+    if ends:  # HF pads after EOS with the pad id
+        want = want[: ends[0] + 1]
     got = beam(
         lm,
         PROMPT,
@@ -79,6 +85,19 @@ def test_beam_equals_transformers_generate(seed, num_beams, max_new, length_pena
     assert got.tokens == want and got.reward == reward(want)
     if num_beams > 1:
         assert got.stats["score"] == pytest.approx(float(out.sequences_scores[0]), abs=1e-5)
+
+
+def test_beam_uses_the_adapters_own_beam_search():
+    class WithBeam(TabularLM):
+        def beam(self, prefixes, num_beams, max_new_tokens):
+            self.nfe += 7
+            return [[2, 1, 0] for _ in prefixes]
+
+    lm = WithBeam(3, eos_id=0)
+    res = beam(lm, PROMPT, reward, max_new_tokens=3, num_beams=2)
+    assert res.tokens == [2, 1, 0] and res.nfe == 7 and res.stats["impl"] == "lm.beam"
+    res = beam(lm, PROMPT, reward, max_new_tokens=3, num_beams=2, length_penalty=0.5)
+    assert res.stats["impl"] == "host"  # the adapter's is HF's default length_penalty only
 
 
 def test_one_beam_is_greedy():

@@ -125,6 +125,18 @@ def test_dts_nfe_on_a_hand_traced_search():
     assert s["root_value"] == pytest.approx(reward([1, 1, 1]))
 
 
+def test_every_eos_id_ends_a_sequence():
+    class TwoEos(TabularLM):
+        eos_ids = (0, 2)
+
+    lm = TwoEos(3, eos_id=0, seed=1)
+    for i in range(20):
+        res = dts(lm, PROMPT, reward, lam=1.0, iterations=30, max_children=3, max_new_tokens=4,
+                  key=jax.random.key(i))  # fmt: skip
+        assert all(t not in (0, 2) for t in res.tokens[:-1])
+        assert res.tokens[-1] in (0, 2) or len(res.tokens) == 4
+
+
 def test_dts_same_key_same_answer(lm):
     kw = dict(lam=1.0, iterations=20, max_children=3, max_new_tokens=T, batch_size=2)
     a = dts(lm, PROMPT, reward, key=jax.random.key(7), **kw)

@@ -29,6 +29,12 @@ def check_common(prompt_ids: Sequence[int], max_new_tokens: int, lam: float | No
         raise ValueError(f"lam must be finite and >= 0 (0 = sample p_theta), got {lam!r}")
 
 
+def eos_ids(lm) -> frozenset[int]:
+    """The ids that end a sequence: ``lm.eos_ids`` when an adapter has several (chat models end
+    turns with their own token), else ``{lm.eos_id}``."""
+    return frozenset(int(t) for t in getattr(lm, "eos_ids", (lm.eos_id,)))
+
+
 def check_positive(name: str, value: int) -> None:
     if not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")

@@ -3,7 +3,8 @@
 
 * :func:`greedy`: argmax decoding; :func:`nucleus`: one top-p sample (HF's TopP warper).
 * :func:`beam`: host-side beam search over ``next_logprobs`` as HF ``generate(num_beams=n)`` with
-  ``early_stopping=False``: each step keeps the ``2n`` best continuations by summed log-prob, the
+  ``early_stopping=False`` (or the adapter's own ``lm.beam``, see :func:`beam`): each step keeps
+  the ``max(2, 1 + number of EOS ids) * n`` best continuations by summed log-prob, the
   best ``n`` unfinished ones continue, a finished one (EOS, or ``max_new_tokens`` reached) among the
   top ``n`` joins the kept hypotheses with score ``sum log p / len ** length_penalty`` (``len`` =
   generated tokens, EOS included), and the search stops once no running beam can beat the worst of
@@ -28,6 +29,7 @@ from jaxts.search._util import (
     boltzmann_index,
     check_common,
     check_positive,
+    eos_ids,
     finish,
     host_rng,
 )
@@ -107,22 +109,36 @@ def nfe_matched_n(nfe_budget: int, mean_tokens: float) -> int:
 
 def beam(lm, prompt_ids: Sequence[int], reward: Reward, *, max_new_tokens: int,
          key: jax.Array | None = None, num_beams: int = 5, length_penalty: float = 1.0) -> SearchResult:  # fmt: skip
-    """HF-style beam search (module docstring); the best kept hypothesis."""
+    """HF-style beam search; the best kept hypothesis. An adapter with its own ``lm.beam(prefixes,
+    num_beams, max_new_tokens)`` (HF-exact, length_penalty 1; ``LlamaLM``'s is jitted over the
+    base model's logits, as HF's beam ignores temperature) is used at ``length_penalty == 1``;
+    otherwise the host search of the module docstring runs over ``next_logprobs`` (p_theta, at
+    the adapter's temperature). ``stats["impl"]`` says which."""
     check_common(prompt_ids, max_new_tokens)
     check_positive("num_beams", num_beams)
     t0, nfe0 = time.perf_counter(), lm.nfe
-    prompt = list(prompt_ids)
+    if callable(getattr(lm, "beam", None)) and length_penalty == 1.0:
+        tokens = [int(t) for t in lm.beam([list(prompt_ids)], num_beams, max_new_tokens)[0]]
+        stats = {"impl": "lm.beam"}
+    else:
+        score, tokens = _host_beam(lm, list(prompt_ids), max_new_tokens, num_beams, length_penalty)
+        stats = {"impl": "host", "score": score}
+    return finish("beam", tokens, float(reward(list(tokens))), lm.nfe - nfe0, t0,
+                  num_beams=num_beams, **stats)  # fmt: skip
+
+
+def _host_beam(lm, prompt, max_new_tokens, num_beams, length_penalty) -> tuple[float, list[int]]:
+    eos = eos_ids(lm)
+    width = max(2, 1 + len(eos)) * num_beams  # candidates kept per step, as HF
     running: list[tuple[float, list[int]]] = [(0.0, [])]  # (sum log p, generated ids), best first
     kept: list[tuple[float, list[int]]] = []  # (penalised score, generated ids), best first
     for step in range(1, max_new_tokens + 1):
         rows = lm.next_logprobs([prompt + g for _, g in running])  # [B, V]
+        v = rows.shape[-1]
         flat = (np.array([s for s, _ in running])[:, None] + rows).ravel()  # [B * V]
-        order = np.argsort(-flat, kind="stable")[: 2 * num_beams]  # ties: lower beam, lower id
-        cands = [
-            (float(flat[j]), running[j // lm.vocab_size][1] + [int(j % lm.vocab_size)])
-            for j in order
-        ]
-        done = [g[-1] == lm.eos_id or step == max_new_tokens for _, g in cands]
+        order = np.argsort(-flat, kind="stable")[:width]  # ties: lower beam, lower id
+        cands = [(float(flat[j]), running[j // v][1] + [int(j % v)]) for j in order]
+        done = [g[-1] in eos or step == max_new_tokens for _, g in cands]
         # only a finished candidate ranked among the top n may become a hypothesis (as HF)
         new = [
             (s / step**length_penalty, g)
@@ -137,6 +153,4 @@ def beam(lm, prompt_ids: Sequence[int], reward: Reward, *, max_new_tokens: int,
             len(kept) == num_beams and running[0][0] / step**length_penalty <= kept[-1][0]
         ):
             break
-    best_score, tokens = kept[0]
-    return finish("beam", tokens, float(reward(list(tokens))), lm.nfe - nfe0, t0,
-                  num_beams=num_beams, score=best_score, hypotheses=len(kept))  # fmt: skip
+    return kept[0]

@@ -48,6 +48,7 @@ from jaxts.search._util import (
     boltzmann_index,
     check_common,
     check_positive,
+    eos_ids,
     finish,
     host_rng,
     sample_index,
@@ -79,6 +80,7 @@ class _Search:
 
     def __init__(self, lm, prompt, reward, lam, max_children, max_new_tokens, greedy, uct_c, key):
         self.lm, self.prompt, self.reward, self.lam = lm, list(prompt), reward, lam
+        self.eos = eos_ids(lm)
         self.k, self.max_new, self.greedy, self.uct_c = max_children, max_new_tokens, greedy, uct_c
         host_key, roll_key = jax.random.split(key)
         self.rng, self.keys = host_rng(host_key), KeyStream(roll_key)
@@ -121,7 +123,7 @@ class _Search:
             child.mult += 1
             return child, False
         gen = (*node.gen, tok)
-        child = _Node(gen, node, terminal=tok == self.lm.eos_id or len(gen) == self.max_new)
+        child = _Node(gen, node, terminal=tok in self.eos or len(gen) == self.max_new)
         node.children[tok] = child
         self.nodes += 1
         self.max_depth = max(self.max_depth, len(gen))

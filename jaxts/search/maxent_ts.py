@@ -34,6 +34,7 @@ from jaxts.search._util import (
     boltzmann_index,
     check_common,
     check_positive,
+    eos_ids,
     finish,
     host_rng,
     soft_mean,
@@ -49,7 +50,7 @@ def _q_values(lm, prompt, gen, tokens, reward, lam, num_rollouts, max_new_tokens
     to_roll = []  # (index into tokens, child gen)
     for i, a in enumerate(tokens):
         child = [*gen, a]
-        if a == lm.eos_id or len(child) == max_new_tokens:
+        if a in eos_ids(lm) or len(child) == max_new_tokens:
             rewards.append([float(reward(child))])
         else:
             rewards.append([])
@@ -90,9 +91,12 @@ def maxent_ts(
     rng, next_key = host_rng(host_key), KeyStream(roll_key, chunk=max_depth + 1)
     prompt, gen = list(prompt_ids), []
     steps: list[dict] = []
-    while (
-        len(steps) < max_depth and len(gen) < max_new_tokens and not (gen and gen[-1] == lm.eos_id)
-    ):
+    eos = eos_ids(lm)
+
+    def finished() -> bool:
+        return len(gen) == max_new_tokens or bool(gen and gen[-1] in eos)
+
+    while len(steps) < max_depth and not finished():
         logp = lm.next_logprobs([prompt + gen])[0]  # [V]
         tokens = [int(t) for t in np.argsort(-logp, kind="stable")[:expansion_k]]
         q = _q_values(lm, prompt, gen, tokens, reward, lam, num_rollouts, max_new_tokens, next_key)
@@ -105,7 +109,7 @@ def maxent_ts(
             i = boltzmann_index(q, weights, lam, rng)
         steps.append({"tokens": tokens, "q": q, "probs": probs.tolist(), "move": tokens[i]})
         gen.append(tokens[i])
-    if len(gen) < max_new_tokens and not (gen and gen[-1] == lm.eos_id):
+    if not finished():
         gen += [
             int(t) for t in lm.rollout([prompt + gen], max_new_tokens - len(gen), next_key())[0]
         ]

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from jaxts.search._util import host_rng, soft_mean
+from jaxts.search._util import eos_ids, host_rng, soft_mean
 
 __all__ = ["LanguageModel", "TabularLM", "top_p_logprobs"]
 
@@ -25,7 +25,9 @@ __all__ = ["LanguageModel", "TabularLM", "top_p_logprobs"]
 class LanguageModel(Protocol):
     """Host-side view of an autoregressive LM. ``prefixes`` are full sequences (prompt ids +
     generated ids so far). ``nfe`` counts tokens passed through the model; both calls add to
-    it, so a search's NFE is ``lm.nfe`` after minus before."""
+    it, so a search's NFE is ``lm.nfe`` after minus before. An adapter whose model ends
+    sequences with several ids may also have ``eos_ids`` (a collection, ``eos_id`` among them);
+    the searches then treat each as EOS."""
 
     vocab_size: int
     eos_id: int
@@ -72,7 +74,7 @@ class TabularLM:
     ``(seed, len(prefix), *prefix)`` (or ``logits_fn(prefix)`` when given), so every prefix has
     its own known next-token table; ``temperature`` divides them as an LLM adapter would.
     Accounting: ``next_logprobs`` adds one NFE per prefix (as if the prefix were KV-cached),
-    ``rollout`` adds the number of tokens it generated.
+    ``rollout`` adds the number of tokens it generated. A subclass may set ``eos_ids``.
     """
 
     def __init__(
@@ -116,7 +118,7 @@ class TabularLM:
         return np.stack([self.logprobs(p) for p in prefixes])  # [B, V]
 
     def rollout(self, prefixes, max_new_tokens, key, *, top_p=1.0, greedy=False):
-        rng = host_rng(key)
+        rng, ends = host_rng(key), eos_ids(self)
         out = []
         for prefix in prefixes:
             seq, new = list(prefix), []
@@ -132,7 +134,7 @@ class TabularLM:
                     )
                 seq.append(tok)
                 new.append(tok)
-                if tok == self.eos_id:
+                if tok in ends:
                     break
             self.nfe += len(new)
             out.append(new)
@@ -145,9 +147,10 @@ class TabularLM:
     ) -> list[tuple[tuple[int, ...], float]]:
         """All terminal continuations (EOS or ``max_new_tokens`` ids) with their ``log p``."""
         out: list[tuple[tuple[int, ...], float]] = []
+        ends = eos_ids(self)
 
         def walk(gen: tuple[int, ...], logp: float) -> None:
-            if (gen and gen[-1] == self.eos_id) or len(gen) == max_new_tokens:
+            if (gen and gen[-1] in ends) or len(gen) == max_new_tokens:
                 out.append((gen, logp))
                 return
             row = self.logprobs([*prompt, *gen])
@@ -178,7 +181,7 @@ class TabularLM:
         """``V(s) = (1/lam) log E_p[exp(lam r) | s]`` for ``s = prompt + generated`` (``E_p[r | s]``
         at lam == 0); ``r(generated)`` at a terminal ``s``."""
         gen = tuple(generated)
-        if (gen and gen[-1] == self.eos_id) or len(gen) == max_new_tokens:
+        if (gen and gen[-1] in eos_ids(self)) or len(gen) == max_new_tokens:
             return float(reward(list(gen)))
         row = self.logprobs([*prompt, *gen])
         values = [self.soft_value(prompt, (*gen, t), reward, lam=lam, max_new_tokens=max_new_tokens)
