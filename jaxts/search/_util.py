@@ -78,6 +78,8 @@ def soft_mean(values: Sequence[float], weights: Sequence[float], lam: float) -> 
     if lam == 0.0:
         return sum(w * v for v, w in zip(values, weights, strict=True)) / total
     vmax = max(values)
+    if vmax == -math.inf:  # every outcome impossible-reward: no finite soft value
+        return vmax
     x = sum(w * math.expm1(lam * (v - vmax)) for v, w in zip(values, weights, strict=True)) / total
     return vmax + math.log1p(x) / lam
 

@@ -1,6 +1,7 @@
 """Diffusion Tree Sampling over LLM tokens: DTS (sampling) and DTS* (search).
 
-DTS (Jain et al., arXiv 2506.20701) targets ``pi(y | x) ∝ p_theta(y | x) exp(lam r(y))``. A node is
+DTS (Jain et al., arXiv 2506.20701) targets ``pi(y | x) ∝ p_theta(y | x) exp(lam r(y))``, with
+``p_theta`` the adapter at its own sampling temperature (see :mod:`jaxts.search.protocol`). A node is
 a token prefix with a soft value ``v`` and a visit count; its children are tokens *drawn* from
 ``p_theta(. | node)``, duplicates merged, so a child's multiplicity ``m_c`` counts how often ``c``
 was drawn there. ``sum_c m_c exp(lam v_c) / sum_c m_c`` is then a Monte Carlo estimate of
@@ -13,7 +14,9 @@ reward of one rollout from it; a finished leaf's ``v`` is its reward. Walking fr
 probability ``∝ m_c exp(lam v_c)`` telescopes to ``p_hat(y) exp(lam r(y)) / Z_hat`` over the
 leaves, where ``p_hat`` is the empirical (multiplicity) path probability: the answer converges
 to the target as the draws per node (``max_children``) and the iterations grow; for finite
-``max_children`` it is a self-normalised importance sample with O(1/max_children) bias.
+``max_children`` it is a self-normalised importance sample with O(1/max_children) bias. A walk
+that ends at an unfinished leaf is completed by that leaf's own stored rollout (its reward is
+the leaf's ``v``).
 
 Choices beyond the paper (a discrete vocabulary repeats draws):
 * a draw that repeats a token increments its multiplicity and the iteration carries on from

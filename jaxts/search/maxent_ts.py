@@ -16,7 +16,9 @@ estimate ``Q(s, a) = (1/lam) log mean_i exp(lam r_i)`` (the mean at lam = 0); th
 * ``greedy=True``: the child with the largest ``Q(s, a)`` (ties: the likelier token): a search for
   high reward, not a sample.
 
-A moved-to token that is EOS (or reaches ``max_new_tokens``) ends the walk.
+A moved-to token that is EOS (or reaches ``max_new_tokens``) ends the walk. ``p_theta`` is the
+adapter at its own sampling temperature (the seed's 0.8): the target is the tempered model's
+tilt, see :mod:`jaxts.search.protocol`.
 """
 
 from __future__ import annotations
