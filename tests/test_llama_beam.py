@@ -81,28 +81,45 @@ def models():
     return {"mha": hf_llama(0), "gqa": hf_llama(0, num_key_value_heads=2)}
 
 
-# (model, beams, EOS ids, length_penalty, early_stopping, row that ends at an EOS before N or None)
+# (model, beams, EOS ids, prompt rows, [(length_penalty, early_stopping), ...]). The settings of
+# a case share one compile (only early_stopping=True is static). Every case's answers include a
+# hypothesis that ended at an EOS before N; the last case's single row closes through the
+# early-stop heuristic and ends the loop after 4 of the 10 steps.
 CASES = {
-    "mha_k2_eos_lp0.5_early": ("mha", 2, 32, 0.5, True, 1),
-    "gqa_k4_eos": ("gqa", 4, 32, 1.0, False, 0),
-    "gqa_k3_two_eos_lp2_never": ("gqa", 3, (36, 62), 2.0, "never", None),
+    "mha_k2_eos_early": ("mha", 2, 32, [0, 1], [(0.5, True), (1.5, True)]),
+    "gqa_k4_eos": ("gqa", 4, 32, [0, 1], [(1.0, False), (2.0, "never"), (-0.5, False)]),
+    "mha_k2_three_eos": ("mha", 2, (32, 74, 78), [1], [(0.0, False), (1.0, "never")]),
 }
+
+
+def ends_at_eos(row: np.ndarray, eos) -> bool:
+    """``row`` has an EOS before its last token and only the first EOS id (padding) after it."""
+    hit = np.isin(row, eos)
+    first = int(np.argmax(hit))
+    return bool(hit[first]) and first < N - 1 and bool((row[first + 1 :] == np.ravel(eos)[0]).all())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_beam_search_equals_transformers(models, name):
-    kind, k, eos, lp, early, stops = CASES[name]
+    kind, k, eos, rows, settings = CASES[name]
     tm = models[kind]
     ids, mask = prompts(0)
-    got, margin = beam_search_with_margin(
-        to_jaxts(tm, eos), ids, mask, N, num_beams=k, length_penalty=lp, early_stopping=early
-    )
-    want = hf_generate(tm, ids, mask, eos, num_beams=k, length_penalty=lp, early_stopping=early)
-    assert float(margin) > MIN_MARGIN
-    np.testing.assert_array_equal(np.asarray(got), want)
-    if stops is not None:  # the answer is a hypothesis that finished at an EOS, then padding
-        first = int(np.argmax(want[stops] == eos))
-        assert want[stops, first] == eos and first < N - 1 and (want[stops, first:] == eos).all()
+    ids, mask = ids[rows], mask[rows]
+    if rows == [1]:  # that row alone, unpadded
+        ids, mask = ids[:, 3:], mask[:, 3:]
+    jm = to_jaxts(tm, eos)
+    answers = []
+    for lp, early in settings:
+        got, margin = beam_search_with_margin(
+            jm, ids, mask, N, num_beams=k, length_penalty=lp, early_stopping=early
+        )
+        want = hf_generate(tm, ids, mask, eos, num_beams=k, length_penalty=lp, early_stopping=early)
+        assert float(margin) > MIN_MARGIN, (lp, early)
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"{lp=} {early=}")
+        answers.append(want)
+    assert any(ends_at_eos(row, eos) for want in answers for row in want)
+    if name == "mha_k2_eos_early":  # the length penalty changes which hypothesis wins
+        assert not np.array_equal(answers[0], answers[1])
 
 
 def test_one_beam_is_greedy(models):

@@ -98,9 +98,9 @@ def beam_search_with_margin(
     order a selection depended on (adjacent kept candidates, running and finished beams, the
     early-stop comparison). A parity check against another implementation is only meaningful
     when this margin exceeds both sides' float error; ``inf`` for ``num_beams=1``."""
-    if not isinstance(num_beams, int) or num_beams < 1:
+    if not isinstance(num_beams, (int, np.integer)) or num_beams < 1:
         raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if not (isinstance(early_stopping, bool) or early_stopping == "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
@@ -110,6 +110,7 @@ def beam_search_with_margin(
     mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
     if mask.shape != ids.shape:
         raise ValueError(f"attention_mask must have the shape of ids {ids.shape}, got {mask.shape}")
+    num_beams, max_new_tokens = int(num_beams), int(max_new_tokens)  # static: Python ints
     if num_beams == 1:
         return generate(model, ids, mask, max_new_tokens), jnp.float32(jnp.inf)
     cfg = model.config
