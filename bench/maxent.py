@@ -50,7 +50,9 @@ from jaxts._cli import exit_code
 from jaxts.search import maxent_ts
 from jaxts.search.llama_lm import LlamaLM
 
-QUICK = dict(items=2, num_rollouts=2, expansion_k=2, max_depth=2, max_new_tokens=6)
+# depth = max_new_tokens: the last step's children are terminal (exact Q, no final rollout), so
+# jaxts compiles one rollout program
+QUICK = dict(items=2, num_rollouts=2, expansion_k=2, max_depth=3, max_new_tokens=3)
 SEARCH = ("lam", "num_rollouts", "expansion_k", "max_depth", "max_new_tokens")
 
 
@@ -214,6 +216,7 @@ def arg_parser():
     p.add_argument("--max-new-tokens", type=int, default=32, help="generated tokens, EOS included")
     p.add_argument("--lam", type=float, default=1.0, help="lambda of p exp(lam r)")
     p.add_argument("--temperature", type=float, default=0.8, help="rollout temperature (p_T)")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch threads (0: its default)")
     p.add_argument("--data-dir", default=None, help="M4 data (default: the usual lookup)")
     p.add_argument("--quick", action="store_true", help=f"a smoke run on a tiny model: {QUICK}")
     p.add_argument("--out", default="bench/results/maxent.json", help="JSON report")
@@ -237,6 +240,10 @@ def _main(args) -> None:
         raise ValueError(f"--temperature must be positive, got {args.temperature}")
     if not (math.isfinite(args.lam) and args.lam >= 0):
         raise ValueError(f"--lam must be finite and >= 0, got {args.lam}")
+    if args.torch_threads < 0:
+        raise ValueError(f"--torch-threads must be >= 0, got {args.torch_threads}")
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     load_start = machine_load()
     peak = matmul_gflops(repeats=2 if args.quick else 10)
     print(TABLE_HEADER, flush=True)

@@ -17,12 +17,13 @@ import pytest
 import torch
 
 from bench import maxent
+from bench.llama import load_pair
 from bridges.reference.maxent_torch import TorchLM, maxent_ts_torch, soft_q
 from jaxts.search import maxent_ts
 from jaxts.search._util import soft_mean
 from jaxts.search.llama_lm import LlamaLM
 
-V, EOS = 41, 3
+V, EOS, T = 97, 2, 0.8  # bench.llama's tiny random Llama (--quick)
 PROMPT = [1, 7, 9, 11, 13, 17, 19]
 
 
@@ -37,24 +38,25 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """(transformers model, jaxts Llama) on the same float32 weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """(transformers model, jaxts Llama) on the same float32 weights: the ``--quick`` model's
+    config (so jaxts' programs compile once for the file) with spread weights."""
+    from transformers import LlamaForCausalLM
 
     from jaxts import LlamaPipeline
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        bos_token_id=1, eos_token_id=EOS,
-    )  # fmt: skip
-    tm = LlamaForCausalLM(cfg)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    # bench.llama's tiny model: the --quick run below loads the same architecture
+    load_pair(True, path)
+    tm = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
     with torch.no_grad():  # N(0, 0.02) gives near-uniform logits: spread them (no near-ties)
         for p in tm.parameters():
-            p.mul_(6.0)
-    path = tmp_path_factory.mktemp("tiny_llama")
+            p.mul_(4.0)
     tm.save_pretrained(path)
     return tm.eval(), LlamaPipeline.from_pretrained(path).model
+
+
+def jax_lm(model) -> LlamaLM:
+    return LlamaLM(model, temperature=T)  # --quick's temperature: the same compiled programs
 
 
 def reward(ids: list[int]) -> float:
@@ -64,9 +66,10 @@ def reward(ids: list[int]) -> float:
 def test_next_logprobs_equal_llama_lm(pair):
     tm, model = pair
     prefixes = [PROMPT, PROMPT + [5], PROMPT + [5, 8, 30]]
-    tlm = TorchLM(tm, temperature=0.8)
+    tlm = TorchLM(tm, temperature=T)
     got = tlm.next_logprobs(prefixes)  # [3, V]
-    want = LlamaLM(model, temperature=0.8, prompt_bucket=4).next_logprobs(prefixes)
+    lm = jax_lm(model)
+    want = np.concatenate([lm.next_logprobs([p]) for p in prefixes])  # batch 1: --quick's shape
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert tlm.forward_calls == 3 and tlm.tokens_passed == sum(len(p) for p in prefixes)
     tlm.close()
@@ -77,7 +80,7 @@ def test_generate_samples_the_tempered_model(pair):
     top_k = tm.generation_config.top_k
     tm.generation_config.top_k = 5  # a checkpoint default the reference must switch off
     try:
-        tlm = TorchLM(tm, temperature=0.8, eos_ids=[V - 1])
+        tlm = TorchLM(tm, temperature=T, eos_ids=[V - 1])
         x = torch.tensor([PROMPT])
         torch.manual_seed(1)
         out = tm.generate(input_ids=x, attention_mask=torch.ones_like(x), output_scores=True,
@@ -102,8 +105,8 @@ def test_one_token_search_matches_jaxts(pair):
     # max_new_tokens = 1: every child is terminal, Q = r(a) exactly, no randomness in Q
     tm, model = pair
     kw = dict(lam=2.0, num_rollouts=3, expansion_k=4, max_depth=1, max_new_tokens=1)
-    t = maxent_ts_torch(TorchLM(tm, temperature=0.8), PROMPT, reward, seed=0, **kw)
-    j = maxent_ts(LlamaLM(model, temperature=0.8), PROMPT, reward, key=jax.random.key(0), **kw)
+    t = maxent_ts_torch(TorchLM(tm, temperature=T), PROMPT, reward, seed=0, **kw)
+    j = maxent_ts(jax_lm(model), PROMPT, reward, key=jax.random.key(0), **kw)
     assert list(t.stats["root_q"]) == list(j.stats["root_q"])  # the same top-4 tokens
     assert t.stats["root_q"] == {a: reward([a]) for a in t.stats["root_q"]}
     np.testing.assert_allclose(
@@ -114,14 +117,17 @@ def test_one_token_search_matches_jaxts(pair):
 
 def test_k1_follows_the_top_tokens_like_jaxts(pair):
     tm, model = pair
-    kw = dict(lam=1e-6, num_rollouts=2, expansion_k=1, max_depth=4, max_new_tokens=4)
-    tlm = TorchLM(tm, temperature=0.8)
+    kw = dict(lam=1e-6, num_rollouts=2, expansion_k=1, max_depth=3, max_new_tokens=5)
+    tlm = TorchLM(tm, temperature=T)
     t = maxent_ts_torch(tlm, PROMPT, reward, seed=0, **kw)
-    j = maxent_ts(LlamaLM(model, temperature=0.8), PROMPT, reward, key=jax.random.key(0), **kw)
-    greedy = LlamaLM(model).rollout([PROMPT], 4, jax.random.key(0), greedy=True)[0]
-    assert t.tokens == j.tokens == greedy and t.stats["moves"] == greedy
-    # depth 3's child is terminal (4 tokens): rollouts only at depths 0-2, one generate each
-    assert t.stats["generate_calls"] == 2 * 3 and t.stats["forward_calls"] == 4
+    lm, top = jax_lm(model), []
+    for _ in range(3):  # jaxts' top token at each step
+        top.append(int(np.argmax(lm.next_logprobs([PROMPT + top])[0])))
+    assert t.stats["moves"] == top and t.tokens[:3] == top and len(t.tokens) == 5
+    # R generates per step, then one finishing rollout of the last 2 tokens
+    assert t.stats["generate_calls"] == 2 * 3 + 1 and t.stats["forward_calls"] == 3
+    assert t.stats["generated_tokens"] == 2 * (4 + 3 + 2) + 2  # no EOS in this walk
+    assert t.nfe == len(PROMPT) + (0 + 1 + 2) + 2 * (1 + 2 + 3) + 3 + t.stats["generated_tokens"]
     # same seed, same search (k = 2 so the moves are random)
     kw2 = kw | dict(lam=1.0, expansion_k=2)
     a = maxent_ts_torch(tlm, PROMPT, reward, seed=3, **kw2)
@@ -131,11 +137,12 @@ def test_k1_follows_the_top_tokens_like_jaxts(pair):
     tlm.close()
 
 
-def structural_nfe(prompt_len: int, steps: int, k: int, r: int) -> int:
-    """LlamaLM-style NFE without the generated tokens, no terminal child and no early EOS:
-    the prompt once, at depth d the d-token prefix, then k R rollout prefixes of d + 1, and the
-    final rollout's ``steps``-token prefix."""
-    return prompt_len + sum(d + k * r * (d + 1) for d in range(steps)) + steps
+def structural_nfe(prompt_len: int, steps: int, k: int, r: int, max_new: int) -> int:
+    """LlamaLM-style NFE without the generated tokens (no EOS among the moves): the prompt once;
+    at depth d the d-token prefix, then k R rollout prefixes of d + 1 tokens unless the children
+    are terminal (d + 1 = max_new); the final rollout's prefix if the walk is not finished."""
+    rolls = sum(k * r * (d + 1) for d in range(steps) if d + 1 < max_new)
+    return prompt_len + sum(range(steps)) + rolls + (steps if steps < max_new else 0)
 
 
 def test_quick_run_writes_the_report(tmp_path, capsys):
@@ -143,20 +150,22 @@ def test_quick_run_writes_the_report(tmp_path, capsys):
     assert maxent.main(["--quick", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     q = maxent.QUICK
-    k, r, depth = q["expansion_k"], q["num_rollouts"], q["max_depth"]
-    assert report["params"]["max_new_tokens"] == q["max_new_tokens"]
+    k, r, depth, new = q["expansion_k"], q["num_rollouts"], q["max_depth"], q["max_new_tokens"]
+    assert report["params"]["max_new_tokens"] == new
     assert report["meta"]["load"]["start"]["loadavg"] and report["meta"]["matmul_2048_gflops"] > 0
     assert len(report["rows"]) == q["items"]
+    rolled = [d for d in range(depth) if d + 1 < new]  # depths whose children are rolled out
+    final = depth < new
     for row in report["rows"]:
         j, t, n = row["jaxts"], row["torch"], row["prompt_len"]
         assert j["steps"] == t["steps"] == depth
-        assert j["same_answer_twice"] and j["rollout_calls"] == depth + 1
+        assert j["same_answer_twice"] and j["rollout_calls"] == len(rolled) + final
         for side in (j, t):  # NFE = the hand count + the tokens the rollouts really generated
-            assert side["nfe"] == structural_nfe(n, depth, k, r) + side["generated_tokens"]
-        assert t["generate_calls"] == depth * k * r + 1 and t["forward_calls"] == depth
+            assert side["nfe"] == structural_nfe(n, depth, k, r, new) + side["generated_tokens"]
+        assert t["generate_calls"] == len(rolled) * k * r + final and t["forward_calls"] == depth
         # what torch really passes: every call re-reads the prompt; generate feeds n - 1 tokens
-        prefixes = sum(n + d for d in range(depth)) + sum(
-            k * r * (n + d + 1) for d in range(depth)) + n + depth  # fmt: skip
+        prefixes = sum(n + d for d in range(depth)) + sum(k * r * (n + d + 1) for d in rolled)
+        prefixes += (n + depth) * final
         assert t["tokens_passed"] == prefixes + t["generated_tokens"] - t["generate_calls"]
         assert row["speedup_wall"] == pytest.approx(t["wall_s"] / j["wall_s"])
         assert row["speedup_per_nfe"] == pytest.approx(
@@ -176,3 +185,5 @@ def test_bad_options_are_named(tmp_path, capsys):
     assert "--max-depth" in capsys.readouterr().err
     assert maxent.main(["--temperature", "0", "--out", str(tmp_path / "x.json")]) == 2
     assert "--temperature" in capsys.readouterr().err
+    assert maxent.main(["--torch-threads", "-1", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--torch-threads" in capsys.readouterr().err
