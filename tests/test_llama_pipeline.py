@@ -250,10 +250,25 @@ def test_sampling_options_reach_the_generation_loop():
         pipe.generate_ids(ids, 2, temperature=0.7, top_p=1.5)
 
 
-def test_unimplemented_options_are_named():
+def test_num_beams_is_beam_search():
+    from jaxts.models.llama_beam import beam_search
+    from jaxts.pipelines.llama import left_pad
+
     pipe = LlamaPipeline(tiny_llama(97))
-    with pytest.raises(NotImplementedError, match="num_beams"):
-        pipe.generate_ids([[5]], 2, num_beams=4)
+    rows = [[5, 6, 7], [9]]
+    got = pipe.generate_ids(rows, 4, num_beams=3)
+    ids, mask = left_pad(rows, pipe._pad_id())
+    np.testing.assert_array_equal(
+        got, np.asarray(beam_search(pipe.model, ids, mask, 4, num_beams=3))
+    )
+
+
+def test_bad_options_are_named():
+    pipe = LlamaPipeline(tiny_llama(97))
+    with pytest.raises(ValueError, match="temperature=0"):
+        pipe.generate_ids([[5]], 2, num_beams=4, temperature=0.7)
+    with pytest.raises(ValueError, match="num_beams"):
+        pipe.generate_ids([[5]], 2, num_beams=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         pipe.generate_ids([[5]], 0)
     with pytest.raises(ValueError, match="token ids"):

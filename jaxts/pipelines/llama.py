@@ -6,8 +6,8 @@ template, generating text.
 
 Loads an HF directory or hub id (``from_pretrained``) or a llama.cpp GGUF file (``from_gguf``).
 Greedy decoding (temperature 0) and sampling (temperature, top-k, top-p as transformers'
-warpers) run in one jitted loop (:func:`jaxts.models.llama.generate`); beam search is not
-implemented yet and raises ``NotImplementedError`` rather than silently decoding greedily.
+warpers) run in one jitted loop (:func:`jaxts.models.llama.generate`); ``num_beams > 1`` is
+transformers' beam search with its defaults (:mod:`jaxts.models.llama_beam`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxts.models.llama import Llama, cast_params, generate
+from jaxts.models.llama_beam import beam_search
 from jaxts.models.llama_tokenizer import TOKENIZER_FILES, LlamaTokenizer
 
 __all__ = ["LlamaPipeline", "left_pad"]
@@ -101,11 +102,15 @@ class LlamaPipeline:
     ) -> np.ndarray:
         """New tokens ``[B, max_new_tokens]`` int32 after ``ids`` (an int array [B, T], or a list
         of ragged id lists, left-padded here with a mask). Rows that stop at EOS are padded with
-        EOS. ``top_k``/``top_p``/``key`` only matter when sampling (temperature > 0)."""
+        EOS. ``top_k``/``top_p``/``key`` only matter when sampling (temperature > 0);
+        ``num_beams > 1`` (with temperature 0) is beam search, as HF's
+        ``generate(num_beams=K, do_sample=False)``."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if num_beams != 1:
-            raise NotImplementedError(f"num_beams={num_beams}: beam search is not implemented")
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+        if num_beams > 1 and temperature > 0:
+            raise ValueError("num_beams > 1 is beam search (greedy over beams): set temperature=0")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if isinstance(ids, np.ndarray) or hasattr(ids, "shape"):
@@ -118,8 +123,11 @@ class LlamaPipeline:
         vocab = self.model.config.vocab_size
         if ids.min() < 0 or ids[mask > 0].max() >= vocab:
             raise ValueError(f"token ids must lie in [0, {vocab})")
-        out = generate(self.model, ids, mask, max_new_tokens, temperature=temperature,
-                       top_k=top_k, top_p=top_p, key=key)  # fmt: skip
+        if num_beams > 1:  # HF generate(num_beams=K, do_sample=False), its defaults
+            out = beam_search(self.model, ids, mask, max_new_tokens, num_beams=num_beams)
+        else:
+            out = generate(self.model, ids, mask, max_new_tokens, temperature=temperature,
+                           top_k=top_k, top_p=top_p, key=key)  # fmt: skip
         return np.asarray(out, np.int32)
 
     def generate(self, text_or_messages, max_new_tokens: int, **options) -> str:
