@@ -112,7 +112,7 @@ def jax_side(model, ids, new: int, repeats: int) -> dict:
     def prefill(state, ids):
         m = nnx.merge(graphdef, state)
         logits, cache = m.extend(ids, mask, m.init_cache(b, p + new))
-        return logits[:, -1], cache.k
+        return logits[:, -1], cache.k[-1]
 
     p_first, p_med, _ = timed(lambda: jax.block_until_ready(prefill(state, ids)), repeats)
     g_first, g_med, out = timed(lambda: np.asarray(generate(model, ids, None, new)), repeats)

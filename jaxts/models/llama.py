@@ -171,12 +171,15 @@ def _linear(d_in: int, d_out: int, bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
 class KVCache:
     """Fixed-size keys/values of every layer, a pytree (carried through ``lax.while_loop``).
 
-    ``k``/``v`` ``[L, B, K, S, E]`` (rotated keys); ``filled [B, S]``: slots holding a real
+    ``k``/``v``: one ``[B, K, S, E]`` array per layer (rotated keys). Separate arrays, not one
+    stacked ``[L, ...]``: XLA then updates each layer's slots in place inside the loop, where a
+    per-layer write into a stacked array copied all of it (10x slower decoding on CPU).
+    ``filled [B, S]``: slots holding a real
     token (pads of a left-padded prefill stay False, so they are never attended to);
     ``count [B]``: real tokens per row (the next position); ``index []``: the next slot."""
 
-    k: jnp.ndarray
-    v: jnp.ndarray
+    k: tuple[jnp.ndarray, ...]
+    v: tuple[jnp.ndarray, ...]
     filled: jnp.ndarray
     count: jnp.ndarray
     index: jnp.ndarray
@@ -194,20 +197,21 @@ class LlamaAttention(nnx.Module):
 
     def __call__(self, x, cos, sin, allowed, kv=None, index=None):
         """``x [B, T, D]``, cos/sin ``[B, 1, T, E]``, ``allowed [B, 1, T, S]`` bool -> ``[B, T, D]``
-        and this call's keys/values ``[B, K, T, E]`` (rotated). With ``kv`` (the cached ``([B, K, S, E], [B, K, S, E])``
-        of this layer) the new keys/values are written at slots ``index .. index + T - 1`` first
-        and all S slots are attended to (``allowed`` says which)."""
+        and this call's keys/values ``[B, K, T, E]`` (rotated). With ``kv`` (this layer's cache
+        ``([B, K, S, E], [B, K, S, E])``) the new keys/values are written at slots
+        ``index .. index + T - 1`` first, all S slots are attended to (``allowed`` says which)
+        and the updated cache arrays are returned instead."""
         b, t, _ = x.shape
         e = self.head_dim
         q = self.q_proj(x).reshape(b, t, self.n_heads, e).transpose(0, 2, 1, 3)  # [B, H, T, E]
         k = self.k_proj(x).reshape(b, t, self.n_kv, e).transpose(0, 2, 1, 3)  # [B, K, T, E]
         v = self.v_proj(x).reshape(b, t, self.n_kv, e).transpose(0, 2, 1, 3)  # [B, K, T, E]
         q, k = apply_rope_half(q, cos, sin), apply_rope_half(k, cos, sin)
-        new = (k, v)  # what the caller writes into its cache
         if kv is not None:
             start = (0, 0, index, 0)
             k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)  # [B, K, S, E]
             v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)  # [B, K, S, E]
+        new = (k, v)  # this layer's cache after the call (or this call's keys without one)
         # GQA: query heads h*G .. h*G+G-1 share KV head h (HF's repeat_kv order), grouped here
         # instead of repeating K/V so MQA does not copy the cache G times.
         g = self.n_heads // self.n_kv
@@ -217,7 +221,9 @@ class LlamaAttention(nnx.Module):
         # A fully masked row (a pad query) gets a uniform softmax, not NaN; its output is unused.
         scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bkse->btkge", probs, v)  # [B, T, K, G, E]
+        # contract in the cache's own layout, then move T: an einsum straight to [B, T, K, G, E]
+        # made XLA:CPU transpose the whole V cache every decode step (6x slower attention)
+        out = jnp.einsum("bkgts,bkse->bkgte", probs, v).transpose(0, 3, 1, 2, 4)  # [B, T, K, G, E]
         return self.o_proj(out.reshape(b, t, self.n_heads * e)), new
 
 
@@ -301,18 +307,16 @@ class Llama(nnx.Module):
         h = self.model.embed_tokens(ids)  # [B, T, D]
         # HF casts cos/sin to the activation dtype: in bfloat16 the rotation rounds as there.
         cos, sin = (c.astype(h.dtype) for c in self.rope_tables(positions))
+        ks, vs = [], []
         for i, layer in enumerate(self.model.layers):
             if cache is None:
                 h, _ = layer(h, cos, sin, allowed)
                 continue
             h, (k, v) = layer(h, cos, sin, allowed, (cache.k[i], cache.v[i]), cache.index)
-            # Only the T new slots are written, in place inside a while_loop (not the cache).
-            start = (i, 0, 0, cache.index, 0)
-            cache = dataclasses.replace(
-                cache,
-                k=jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start),
-                v=jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start),
-            )
+            ks.append(k)
+            vs.append(v)
+        if cache is not None:
+            cache = dataclasses.replace(cache, k=tuple(ks), v=tuple(vs))
         h = self.model.norm(h)
         if self.config.tie_word_embeddings:
             logits = self.model.embed_tokens.attend(h)
@@ -331,10 +335,11 @@ class Llama(nnx.Module):
         weights' dtype, so a bfloat16 model keeps a bfloat16 cache)."""
         c = self.config
         dtype = self.dtype if dtype is None else dtype
-        shape = (c.num_hidden_layers, batch, c.num_key_value_heads, max_len, c.head_dim)
+        shape = (batch, c.num_key_value_heads, max_len, c.head_dim)
+        layers = range(c.num_hidden_layers)
         return KVCache(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
+            k=tuple(jnp.zeros(shape, dtype) for _ in layers),
+            v=tuple(jnp.zeros(shape, dtype) for _ in layers),
             filled=jnp.zeros((batch, max_len), bool),
             count=jnp.zeros((batch,), jnp.int32),
             index=jnp.zeros((), jnp.int32),

@@ -147,8 +147,8 @@ def _reorder(cache: KVCache, rows: jnp.ndarray) -> KVCache:
     """The cache with its batch rows replaced by ``rows [B * K]`` (each beam's parent)."""
     return dataclasses.replace(
         cache,
-        k=cache.k[:, rows],
-        v=cache.v[:, rows],
+        k=tuple(k[rows] for k in cache.k),
+        v=tuple(v[rows] for v in cache.v),
         filled=cache.filled[rows],
         count=cache.count[rows],
     )

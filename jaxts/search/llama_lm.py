@@ -187,11 +187,13 @@ def _step(graphdef, state, prompt: KVCache, prompt_logits, ids, mask, key, n: in
     model = nnx.merge(graphdef, state)
     b, w = ids.shape
     pad = w + n  # free slots after the prompt's
-    grow = lambda x: jnp.pad(jnp.broadcast_to(x, (x.shape[0], b, *x.shape[2:])),
-                             [(0, 0), (0, 0), (0, 0), (0, pad), (0, 0)])  # fmt: skip
+
+    def grow(x):  # the prompt's [1, K, P, E] -> [Bb, K, P + W + n, E]
+        return jnp.pad(jnp.broadcast_to(x, (b, *x.shape[1:])), [(0, 0), (0, 0), (0, pad), (0, 0)])
+
     cache = KVCache(
-        k=grow(prompt.k),  # [L, Bb, K, P + W + n, E]
-        v=grow(prompt.v),
+        k=tuple(grow(k) for k in prompt.k),
+        v=tuple(grow(v) for v in prompt.v),
         filled=jnp.pad(
             jnp.broadcast_to(prompt.filled, (b, prompt.filled.shape[1])), [(0, 0), (0, pad)]
         ),
