@@ -123,3 +123,12 @@ def test_dts_runs_on_the_llama(model):
               key=jax.random.key(0), batch_size=2)  # fmt: skip
     assert 1 <= len(res.tokens) <= 5 and res.nfe > 0
     assert res.reward == pytest.approx(reward(res.tokens))
+
+
+def test_token_logprobs_are_the_base_model_and_not_counted(model):
+    lm = LlamaLM(model, temperature=0.5)  # the tempering must not leak into the base model
+    gen = [5, 8, 30, EOS]
+    got = lm.token_logprobs(PROMPT, gen)
+    want = [full_logprobs(model, PROMPT + gen[:j])[gen[j]] for j in range(len(gen))]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert lm.nfe == 0 and lm.token_logprobs(PROMPT, []).shape == (0,)

@@ -14,7 +14,7 @@ left-padded to a bucket of 16) in one forward, then
   per call, as HF's warpers), each row stopping at its first EOS;
 * ``beam``: HF-exact beam search (:mod:`jaxts.models.llama_beam`) after the prompt.
 
-Shapes are bucketed (batch to a power of two, suffix width to 16, new tokens to 16, prompt to
+Shapes are bucketed (batch rows, suffix width to 16, new tokens to 64, prompt to
 ``prompt_bucket``) so a whole evaluation compiles a handful of programs.
 
 NFE (``nfe``) counts tokens passed through the model: the prompt once per prefill, every
@@ -38,15 +38,16 @@ from jaxts.models.llama_sampling import warp_logits
 __all__ = ["LlamaLM"]
 
 _SUFFIX_BUCKET = 16
-_NEW_BUCKET = 16
+_NEW_BUCKET = 64  # a search's remaining budgets all share one program (the limit is traced)
 
 
 def _round_up(n: int, k: int) -> int:
     return max(k, -(-n // k) * k)
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
+def _rows(n: int) -> int:
+    """Batch bucket: powers of two up to 16, then multiples of 16 (75 rows run as 80)."""
+    return 1 << max(n - 1, 0).bit_length() if n <= 16 else _round_up(n, 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +115,23 @@ class LlamaLM:
         self.nfe += int(mask.sum()) + num_beams * len(prefixes) * max_new_tokens
         return [self._cut(r, max_new_tokens) for r in np.asarray(out)]
 
+    def token_logprobs(self, prompt: list[int], generated: list[int]) -> np.ndarray:
+        """``[len(generated)]`` log-probabilities of ``generated`` after ``prompt`` under the
+        *base* model (temperature 1, no top-k): how far an answer is from p_1. An evaluation
+        measurement, not counted in ``nfe``."""
+        if not generated:
+            return np.zeros(0, np.float32)
+        nfe = self.nfe
+        if self._prompt is None or self._prompt.ids != tuple(prompt):
+            self._prompt = self._prefill(list(prompt))
+        ids, mask, p = self._batch([list(prompt) + list(generated[:-1])])
+        logp = np.asarray(_all_logprobs(self._graphdef, self._state, p.cache, ids, mask))[0]
+        first = np.asarray(jax.nn.log_softmax(p.logits))[generated[0]]
+        w, rest = ids.shape[1], len(generated) - 1
+        cols = np.arange(w - rest, w)  # the suffix's positions predict generated[1:]
+        self.nfe = nfe
+        return np.concatenate([[first], logp[cols, generated[1:]]]).astype(np.float32)
+
     # ---- internals -------------------------------------------------------------------------
 
     def _sampling(self, top_p: float, greedy: bool) -> tuple[float, int, float]:
@@ -142,7 +160,7 @@ class LlamaLM:
             prompt = self._prompt = self._prefill(_common_prefix(prefixes))
         suffixes = [p[len(prompt.ids) :] for p in prefixes]
         width = _round_up(max(len(s) for s in suffixes), _SUFFIX_BUCKET)
-        rows = _pow2(len(prefixes))
+        rows = _rows(len(prefixes))
         ids = np.zeros((rows, width), np.int32)  # [Bb, W] left-padded
         mask = np.zeros((rows, width), np.int32)
         for b in range(rows):
@@ -179,27 +197,39 @@ def _prefill(graphdef, state, ids, mask):
     return cache, logits[0, -1]
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def _all_logprobs(graphdef, state, prompt: KVCache, ids, mask):
+    """Base-model log-probabilities ``[Bb, W, V]`` at every suffix position."""
+    logits, _ = nnx.merge(graphdef, state).extend(ids, mask, _broadcast(prompt, ids.shape, 0))
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def _broadcast(prompt: KVCache, shape, n: int) -> KVCache:
+    """The batch-1 prompt cache repeated for ``shape = (Bb, W)`` rows, with ``W + n`` free
+    slots after the prompt's."""
+    b, w = shape
+    pad = w + n
+
+    def grow(x):  # the prompt's [1, K, P, E] -> [Bb, K, P + W + n, E]
+        return jnp.pad(jnp.broadcast_to(x, (b, *x.shape[1:])), [(0, 0), (0, 0), (0, pad), (0, 0)])
+
+    filled = jnp.broadcast_to(prompt.filled, (b, prompt.filled.shape[1]))
+    return KVCache(
+        k=tuple(grow(k) for k in prompt.k),
+        v=tuple(grow(v) for v in prompt.v),
+        filled=jnp.pad(filled, [(0, 0), (0, pad)]),
+        count=jnp.broadcast_to(prompt.count, (b,)),
+        index=prompt.index,
+    )
+
+
 @functools.partial(jax.jit, static_argnums=(0, 7, 9, 10))
 def _step(graphdef, state, prompt: KVCache, prompt_logits, ids, mask, key, n: int, limit,
           sampling, eos):  # fmt: skip
     """``n == 0``: log p_theta ``[Bb, V]`` after each row's suffix; else ``n`` (static) tokens
     ``[Bb, n]`` decoded after it (``limit`` of them real)."""
     model = nnx.merge(graphdef, state)
-    b, w = ids.shape
-    pad = w + n  # free slots after the prompt's
-
-    def grow(x):  # the prompt's [1, K, P, E] -> [Bb, K, P + W + n, E]
-        return jnp.pad(jnp.broadcast_to(x, (b, *x.shape[1:])), [(0, 0), (0, 0), (0, pad), (0, 0)])
-
-    cache = KVCache(
-        k=tuple(grow(k) for k in prompt.k),
-        v=tuple(grow(v) for v in prompt.v),
-        filled=jnp.pad(
-            jnp.broadcast_to(prompt.filled, (b, prompt.filled.shape[1])), [(0, 0), (0, pad)]
-        ),
-        count=jnp.broadcast_to(prompt.count, (b,)),
-        index=prompt.index,
-    )
+    cache = _broadcast(prompt, ids.shape, n)
     logits, cache = model.extend(ids, mask, cache)
     # a row without a suffix continues the prompt itself
     last = jnp.where(mask.any(axis=1)[:, None], logits[:, -1], prompt_logits[None])  # [Bb, V]
