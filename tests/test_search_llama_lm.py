@@ -95,6 +95,9 @@ def test_nfe_counts_prompt_once_suffixes_and_generated_tokens(model):
     assert lm.nfe == len(PROMPT) + 3 + 1 + len(rows[0])
     lm.next_logprobs([[2, 3]])  # another prompt: prefilled
     assert lm.nfe == len(PROMPT) + 3 + 1 + len(rows[0]) + 2
+    lm.reset()  # a new search on the same prompt pays it again
+    lm.next_logprobs([[2, 3, 4]])
+    assert lm.nfe == len(PROMPT) + 3 + 1 + len(rows[0]) + 2 + 2 + 1
 
 
 def test_beam_equals_beam_search(model):

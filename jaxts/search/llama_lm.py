@@ -85,6 +85,13 @@ class LlamaLM:
         self.nfe = 0
         self._graphdef, self._state = nnx.split(model)
         self._prompt: _Prompt | None = None
+        self._unpaid = False  # the cached prompt's tokens are charged again at next use
+
+    def reset(self) -> None:
+        """Start a new search: the next call pays the prompt's tokens in ``nfe`` again, as a
+        fresh model would (the cached KV is reused: an accounting reset, not a recompute), so
+        methods run one after another on one prompt each report their full cost."""
+        self._unpaid = True
 
     # ---- the protocol ----------------------------------------------------------------------
 
@@ -158,6 +165,9 @@ class LlamaLM:
         prompt = self._prompt
         if prompt is None or any(tuple(p[: len(prompt.ids)]) != prompt.ids for p in prefixes):
             prompt = self._prompt = self._prefill(_common_prefix(prefixes))
+        elif self._unpaid:
+            self.nfe += len(prompt.ids)
+        self._unpaid = False
         suffixes = [p[len(prompt.ids) :] for p in prefixes]
         width = _round_up(max(len(s) for s in suffixes), _SUFFIX_BUCKET)
         rows = _rows(len(prefixes))
@@ -177,6 +187,7 @@ class LlamaLM:
         x[0, slots - len(ids) :], m[0, slots - len(ids) :] = ids, 1
         cache, logits = _prefill(self._graphdef, self._state, jnp.asarray(x), jnp.asarray(m))
         self.nfe += len(ids)
+        self._unpaid = False
         return _Prompt(tuple(ids), cache, logits)
 
 
