@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.chronos2 --force
 	$(BIN)/python -m bench.chronos_bolt --force
 	$(BIN)/python -m bench.llama --force
+	$(BIN)/python -m bench.maxent --force
 
 clean-venv:
 	rm -rf $(VENV)
