@@ -123,6 +123,12 @@ class LlamaConfig(DictConfig):
         eos = self.eos_token_id
         return () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
 
+    @property
+    def fill_id(self) -> int:
+        """The id that pads a generated row after it stops: the first EOS, else
+        ``pad_token_id``, else 0."""
+        return self.eos_ids[0] if self.eos_ids else (self.pad_token_id or 0)
+
 
 def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
     """Inverse frequencies ``[head_dim // 2]`` (float32), with the operations and in the order of
@@ -409,7 +415,7 @@ def generate(
     ids = jnp.asarray(ids, jnp.int32)
     mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask)
     cfg = model.config
-    fill = cfg.eos_ids[0] if cfg.eos_ids else (cfg.pad_token_id or 0)
+    fill = cfg.fill_id
     key = jax.random.key(0) if key is None else key
     graphdef, state = nnx.split(model)
     sampling = (float(temperature), int(top_k), float(top_p))

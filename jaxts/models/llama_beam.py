@@ -117,7 +117,7 @@ def beam_search_with_margin(
     keep = max(2, 1 + len(cfg.eos_ids)) * num_beams
     if cfg.vocab_size * num_beams < keep + 1:
         raise ValueError(f"vocab_size {cfg.vocab_size} too small for {num_beams} beams")
-    fill = cfg.eos_ids[0] if cfg.eos_ids else (cfg.pad_token_id or 0)
+    fill = cfg.fill_id
     n = max_new_tokens
     # Python's int ** float, rounded to float32 as torch does with a scalar divisor.
     lengths = np.arange(1, n + 1, dtype=np.float64)
