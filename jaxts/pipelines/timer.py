@@ -61,7 +61,7 @@ def config_from_hf(hf: dict) -> TimerHFConfig:
     family's config, unknown fields and unsupported values raise ValueError naming them."""
     if not isinstance(hf, dict):
         raise ValueError(f"config.json must hold an object, got {type(hf).__name__}")
-    if "model" in hf and "params_crc32" in hf or "model" in hf and "model_type" not in hf:
+    if "model" in hf and "model_type" not in hf:
         raise ValueError(
             f"a jaxts checkpoint directory (model {hf.get('model')!r}), not an HF Timer one"
         )
