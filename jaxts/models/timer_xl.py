@@ -109,6 +109,25 @@ def draft_config(
     )
 
 
+def timer_visible(q_var, q_time, k_var, k_time, n_vars: int, covariate: bool, known: int):
+    """True where query token (variable ``q_var``, time ``q_time``) may attend to key token
+    (``k_var``, ``k_time``); arguments broadcast (numpy for static masks, jnp inside a cache).
+
+    Multivariate: every variable's past and present, ``k_time <= q_time``. Covariate: a
+    covariate (variables 0..C-2) sees its own past; the target (variable C-1) sees its own past
+    and every covariate token of the first ``known`` time steps (OpenLTM treats the context's
+    covariates as known) plus, beyond them, the covariate tokens up to its own time (generated
+    covariates are forecasts, revealed causally). With ``known`` = N this is OpenLTM's
+    ``TimerCovariateMask``; with ``known`` = the context's N0 it is what a KV cache can hold.
+    """
+    causal = k_time <= q_time
+    if not covariate:
+        return causal
+    own = (k_var == q_var) & causal
+    target_sees = (q_var == n_vars - 1) & (k_var < n_vars - 1) & ((k_time < known) | causal)
+    return own | target_sees
+
+
 class TimeAttention(nnx.Module):
     """OpenLTM ``TimeAttention``: partial interleaved RoPE over the flattened token index,
     a binary same/different-variable bias, and the Timer mask; bias added before scaling."""
@@ -118,26 +137,42 @@ class TimeAttention(nnx.Module):
         self.attn_bias = BinaryAttentionBias(n_heads, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
-    def additive_mask(self, n_vars: int, n_tokens: int) -> jnp.ndarray:
-        """Bias with -inf where masked: ``[H, C*N, C*N]``."""
+    def additive_mask(self, n_vars: int, n_tokens: int, position_stride=None) -> jnp.ndarray:
+        """Bias with -inf where masked: ``[H, C*N, C*N]``. ``position_stride`` (N0, the
+        context's tokens) limits the target's view of covariates beyond N0 to its own time
+        (:func:`timer_visible`); None: OpenLTM's masks."""
         bias = self.attn_bias(same_variable(n_vars, n_tokens))
-        if self.covariate:
+        if position_stride is not None:
+            var = np.repeat(np.arange(n_vars), n_tokens)  # variable-major flat index
+            time = np.tile(np.arange(n_tokens), n_vars)
+            visible = timer_visible(
+                var[:, None], time[:, None], var[None], time[None], n_vars, self.covariate,
+                position_stride,
+            )  # fmt: skip
+            mask = ~visible
+        elif self.covariate:
             mask = timer_covariate_mask(n_vars, n_tokens)
         else:
             mask = timer_multivariate_mask(n_vars, n_tokens)
         return jnp.where(mask[None], -jnp.inf, bias)
 
-    def __call__(self, q, k, v, *, n_vars: int, n_tokens: int, query_rows=None):
+    def __call__(
+        self, q, k, v, *, n_vars: int, n_tokens: int, query_rows=None, position_stride=None
+    ):
         """q ``[B, Tq, H, E]``, k, v ``[B, T, H, E]`` with T = C*N -> ``[B, Tq, H, E]``.
 
-        ``query_rows`` gives the flat token index of each query (all T tokens when None)."""
+        ``query_rows`` gives the flat token index of each query (all T tokens when None).
+        Token (c, n) has RoPE position ``c * stride + n`` with stride = ``position_stride``,
+        or N when None (OpenLTM)."""
         e = q.shape[-1]
-        seq_id = np.arange(n_vars * n_tokens)  # position id = c * N + n (variable-major)
+        stride = n_tokens if position_stride is None else position_stride
+        # position id = c * stride + n (variable-major)
+        seq_id = (np.arange(n_vars)[:, None] * stride + np.arange(n_tokens)[None]).reshape(-1)
         q_id = seq_id if query_rows is None else seq_id[query_rows]
         q = partial_rope(q.transpose(0, 2, 1, 3), q_id, ROPE_PARTIAL)  # [B, H, Tq, E]
         k = partial_rope(k.transpose(0, 2, 1, 3), seq_id, ROPE_PARTIAL)  # [B, H, T, E]
         v = v.transpose(0, 2, 1, 3)
-        additive = self.additive_mask(n_vars, n_tokens)[None]  # [1, H, T, T]
+        additive = self.additive_mask(n_vars, n_tokens, position_stride)[None]  # [1, H, T, T]
         if query_rows is not None:
             additive = additive[:, :, query_rows]  # [1, H, Tq, T]
         return softmax_attention(q, k, v, additive, 1.0 / math.sqrt(e), self.dropout)
@@ -157,9 +192,12 @@ class TimerLayer(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
         self.activation = cfg.activation
 
-    def __call__(self, x, *, n_vars: int, n_tokens: int, query_rows=None):
+    def __call__(self, x, *, n_vars: int, n_tokens: int, query_rows=None, position_stride=None):
         """x ``[B, T, D]`` -> ``[B, T, D]`` (or ``[B, Tq, D]`` for the ``query_rows`` only)."""
-        attn = self.attention(x, n_vars=n_vars, n_tokens=n_tokens, query_rows=query_rows)
+        attn = self.attention(
+            x, n_vars=n_vars, n_tokens=n_tokens, query_rows=query_rows,
+            position_stride=position_stride,
+        )  # fmt: skip
         x = (x if query_rows is None else x[:, query_rows]) + self.dropout(attn)
         x = self.norm1(x)
         act = (
@@ -180,14 +218,19 @@ class TimerBlock(nnx.Module):
         self.attn_layers = nnx.List([TimerLayer(cfg, rngs=rngs) for _ in range(cfg.e_layers)])
         self.norm = nnx.LayerNorm(cfg.d_model, epsilon=LAYER_NORM_EPS, rngs=rngs)
 
-    def __call__(self, x, *, n_vars: int, n_tokens: int, last_only: bool = False):
+    def __call__(
+        self, x, *, n_vars: int, n_tokens: int, last_only: bool = False, position_stride=None
+    ):
         """x ``[B, C*N, D]`` -> ``[B, C*N, D]``; with ``last_only`` -> ``[B, C, D]``, each
         variable's last token only (all a rolling forecast reads). The last layer then computes
         queries, attention rows and FFN for C tokens instead of C*N: same values, N x less work."""
         last = len(self.attn_layers) - 1
         rows = np.arange(n_vars) * n_tokens + n_tokens - 1 if last_only else None
         for i, layer in enumerate(self.attn_layers):
-            x = layer(x, n_vars=n_vars, n_tokens=n_tokens, query_rows=rows if i == last else None)
+            x = layer(
+                x, n_vars=n_vars, n_tokens=n_tokens, query_rows=rows if i == last else None,
+                position_stride=position_stride,
+            )  # fmt: skip
         return self.norm(x)
 
 
@@ -215,6 +258,25 @@ def check_context(x, input_token_len: int, *, truncate: bool = False) -> int:
     return extra
 
 
+def _check_norm_stats(norm_stats, use_norm: bool, batch: int, n_vars: int):
+    """``norm_stats`` as ``(means, stdev)`` float32 ``[B, 1, C]`` arrays, or None."""
+    if norm_stats is None:
+        return None
+    if not (isinstance(norm_stats, (tuple, list)) and len(norm_stats) == 2):
+        raise ValueError("norm_stats must be a (means, stdev) pair")
+    if all(s is None for s in norm_stats):
+        return None
+    if not use_norm:
+        raise ValueError("norm_stats given but the model has use_norm=False: pass None")
+    out = tuple(jnp.asarray(s, jnp.float32) for s in norm_stats)
+    for name, s in zip(("means", "stdev"), out, strict=True):
+        if s.shape != (batch, 1, n_vars):
+            raise ValueError(
+                f"norm_stats {name} must have shape {(batch, 1, n_vars)}, got {s.shape}"
+            )
+    return out
+
+
 class TimerXL(nnx.Module):
     """Decoder-only Timer-XL. ``model(x)`` with x ``[B, L, C]`` -> ``[B, N * P_out, C]``,
     N = L / input_token_len; output token n forecasts the patch that follows input token n.
@@ -236,14 +298,37 @@ class TimerXL(nnx.Module):
         else:
             self.head = torch_linear(d, p_out, rngs=rngs)
 
-    def features(self, x, *, truncate: bool = False, last_only: bool = False):
+    def features(
+        self,
+        x,
+        *,
+        truncate: bool = False,
+        last_only: bool = False,
+        position_stride: int | None = None,
+        norm_stats=None,
+    ):
         """Backbone: returns (hidden ``[B, C*N, D]`` or ``[B, C, D]`` with ``last_only``,
-        means, stdev, n_tokens) for the heads."""
+        means, stdev, n_tokens) for the heads.
+
+        ``position_stride`` (N0): token (c, n) gets RoPE position ``c * N0 + n`` and the
+        covariate mask treats only the first N0 steps as known (:func:`timer_visible`); this is
+        the forward that KV-cached decoding (``jaxts.models.timer_xl_cache``) reproduces on a
+        context grown past its N0 tokens. None: OpenLTM (stride N, every step known).
+        ``norm_stats = (means, stdev)`` ``[B, 1, C]`` each (use_norm only): normalise with these
+        instead of the window's own statistics (None, or ``(None, None)`` without use_norm)."""
         cfg = self.config
         extra = check_context(x, cfg.input_token_len, truncate=truncate)
         x = jnp.asarray(x, jnp.float32)[:, extra:]
         b, length, c = x.shape
-        if cfg.use_norm:
+        if position_stride is not None and not (
+            isinstance(position_stride, (int, np.integer)) and position_stride > 0
+        ):
+            raise ValueError(f"position_stride must be a positive int, got {position_stride!r}")
+        stats = _check_norm_stats(norm_stats, cfg.use_norm, b, c)
+        if cfg.use_norm and stats is not None:
+            means, stdev = stats
+            x = (x - means) / stdev
+        elif cfg.use_norm:
             means = jax.lax.stop_gradient(x.mean(axis=1, keepdims=True))  # [B, 1, C]
             x = x - means
             stdev = jnp.sqrt(jnp.var(x, axis=1, keepdims=True) + INSTANCE_NORM_EPS)
@@ -254,7 +339,8 @@ class TimerXL(nnx.Module):
         # [B, L, C] -> [B, C, N, P]: variable-major tokens, flattened index c * N + n
         patches = x.transpose(0, 2, 1).reshape(b, c, n, cfg.input_token_len)
         h = self.embedding(patches).reshape(b, c * n, cfg.d_model)  # [B, C*N, D]
-        h = self.blocks(h, n_vars=c, n_tokens=n, last_only=last_only)
+        stride = None if position_stride is None else int(position_stride)
+        h = self.blocks(h, n_vars=c, n_tokens=n, last_only=last_only, position_stride=stride)
         return h, means, stdev, n
 
     def denormalize(self, out, means, stdev, n_tokens: int):
@@ -283,20 +369,30 @@ class TimerXL(nnx.Module):
         mean = self.denormalize(self.head_mean(h), means, stdev, n_tokens)
         return mean, self.denormalize_logvar(self.head_logvar(h), stdev, n_tokens)
 
-    def __call__(self, x, *, truncate: bool = False):
-        h, means, stdev, n = self.features(x, truncate=truncate)
+    def __call__(self, x, *, truncate: bool = False, position_stride=None, norm_stats=None):
+        """``position_stride`` / ``norm_stats``: see :meth:`features` (None: OpenLTM)."""
+        h, means, stdev, n = self.features(
+            x, truncate=truncate, position_stride=position_stride, norm_stats=norm_stats
+        )
         return self._heads(h, means, stdev, n)
 
-    def forecast_next(self, x, *, truncate: bool = False):
+    def forecast_next(self, x, *, truncate: bool = False, position_stride=None, norm_stats=None):
         """The next patch after the context: ``model(x)[:, -P_out:]`` ``[B, P_out, C]`` (a
         ``(mean, logvar)`` pair when stochastic), computing the last layer for each variable's
-        last token only."""
-        h, means, stdev, _ = self.features(x, truncate=truncate, last_only=True)
+        last token only. ``position_stride`` / ``norm_stats``: see :meth:`features`."""
+        h, means, stdev, _ = self.features(
+            x, truncate=truncate, last_only=True, position_stride=position_stride,
+            norm_stats=norm_stats,
+        )  # fmt: skip
         return self._heads(h, means, stdev, 1)
 
-    def forecast_next_mean(self, x, *, truncate: bool = False):
+    def forecast_next_mean(
+        self, x, *, truncate: bool = False, position_stride=None, norm_stats=None
+    ):
         """The point forecast of the next patch ``[B, P_out, C]`` (the mean when stochastic)."""
-        out = self.forecast_next(x, truncate=truncate)
+        out = self.forecast_next(
+            x, truncate=truncate, position_stride=position_stride, norm_stats=norm_stats
+        )
         return out[0] if self.config.stochastic else out
 
 
