@@ -12,6 +12,7 @@ the one recorded at save time.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import json
@@ -346,3 +347,20 @@ def _drop_echoes(where: str) -> None:
         return not (record.getMessage().startswith("Future exception") and where in str(exc))
 
     logging.getLogger("asyncio").addFilter(keep)
+    if "pytest" not in sys.modules and not _SHUTDOWN_QUIET:
+        # Under load the last reads finish while the interpreter shuts down, when sys hooks are
+        # gone and CPython prints their "Event loop is closed" straight to stderr. The failure
+        # was reported (and stderr flushed) already: quiet fd 2 for the shutdown. Not inside
+        # pytest, whose own shutdown output must stay visible.
+        _SHUTDOWN_QUIET.append(True)
+        atexit.register(_quiet_stderr_at_exit)
+
+
+_SHUTDOWN_QUIET: list[bool] = []
+
+
+def _quiet_stderr_at_exit() -> None:
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
