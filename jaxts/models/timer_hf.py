@@ -6,7 +6,8 @@ a bias-free patch embedding, RoPE over the whole head in the half-split (``rotat
 layout with positions 0..N-1 and base 10000 (upstream ignores ``rope_theta``), biases on
 q/k/v only, a SwiGLU FFN without biases, post-LN blocks and a final LayerNorm, no variable
 bias, and one bias-free head per entry of ``output_token_lens``. Module names are upstream's
-(``model.layers[i].self_attn.q_proj``...), so :data:`HF_TABLE` is a plain name table.
+(``model.layers[i].self_attn.q_proj``...), so the checkpoint mapping is a plain name table
+(``jaxts.pipelines.timer.HF_TABLE``, shared with ``bridges/timer_hf.py``).
 
 ``TimerHF`` has Timer-XL's call interface (``model(x [B, L, C]) -> [B, N*P_out, C]``, channel
 independent, the first head at every patch position) so the Timer-XL trainer and
@@ -39,7 +40,7 @@ NORMALIZATIONS = ("context", "hf", "window")
 @dataclasses.dataclass(frozen=True)
 class TimerHFConfig(DictConfig):
     """``TimerConfig`` field names; defaults are timer-base-84m's (upstream's own defaults,
-    used for fields a ``config.json`` omits, are :data:`UPSTREAM_DEFAULTS`)."""
+    used for fields a ``config.json`` omits, are ``jaxts.pipelines.timer.UPSTREAM_DEFAULTS``)."""
 
     input_token_len: int = 96
     hidden_size: int = 1024
