@@ -15,11 +15,12 @@ from jaxts.models.timer_xl import TimerXL, TimerXLConfig, rolling_forecast, time
 from tests.helpers import LAYER_TOL, MODEL_TOL, series
 
 P = 8
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 BASE = dict(input_token_len=P, output_token_len=P, d_model=16, n_heads=2, d_ff=32)
 CONFIGS = {  # name: (config fields, variables)
     "c1_norm": (dict(use_norm=True), 1),
     "c3_cov_2layers": (dict(use_norm=False, covariate=True, e_layers=2), 3),
-    "c3_norm_stochastic": (dict(use_norm=True, stochastic=True, e_layers=2), 3),
+    "c3_norm_stochastic": (dict(use_norm=True, stochastic=True), 3),
 }
 
 
@@ -42,9 +43,15 @@ def mean(out, m):
 
 
 def run(m, fn, *args):
-    """``fn(model, *args)`` under one jit (a tiny model traces fast; eager is slow on CI)."""
+    """``fn(model, *args)`` under one jit (eager dispatch is slower than compiling here),
+    compiled without XLA's backend optimisations: these tiny programs then compile 2x faster."""
     graphdef, state = nnx.split(m)
-    return jax.jit(lambda s, *a: fn(nnx.merge(graphdef, s), *a))(state, *args)
+    jitted = jax.jit(lambda s, *a: fn(nnx.merge(graphdef, s), *a), compiler_options=FAST)
+    return jitted(state, *args)
+
+
+def forward(mm, xx):
+    return mm(xx)
 
 
 def context(name, b=2, n_tokens=4, seed=0):
@@ -55,17 +62,15 @@ def context(name, b=2, n_tokens=4, seed=0):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_prefill_equals_the_full_forward_and_rolling_first_patch(name):
+def test_prefill_equals_the_full_forward(name):
     m, x = model(name), context(name)
     _, stats, out = run(m, lambda mm, xx: tc.prefill(mm, xx, 6), x)
-    full = run(m, lambda mm, xx: mm(xx), x)
+    full = run(m, forward, x)
     b, n0, p, c = mean(out, m).shape
     for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(full), strict=True):
         # out[:, n] is the patch after token n: [B, N0, P, C] -> [B, N0 * P, C]
         got = np.asarray(got).reshape(b, n0 * p, c)
         np.testing.assert_allclose(got, np.asarray(want), atol=LAYER_TOL, rtol=0)
-    first = np.asarray(mean(out, m)[:, -1])
-    np.testing.assert_allclose(first, rolling_forecast(m, x, P), atol=LAYER_TOL, rtol=0)
     want_stats = tc.context_stats(m, x)
     for got, want in zip(stats, want_stats, strict=True):
         assert (got is None) == (want is None) == (not m.config.use_norm)
@@ -77,17 +82,16 @@ def test_prefill_equals_the_full_forward_and_rolling_first_patch(name):
 def recompute(m, x, pred_len):
     """The growing-context reference: model(grown, position_stride=N0, norm_stats=context's)
     one patch at a time, each appended in data scale."""
-    stats = tc.context_stats(m, x)
     n0 = x.shape[1] // P
-    grown, outs = x, []
-    for _ in range(-(-pred_len // P)):
-        nxt = run(
-            m, lambda mm, g, s: mm.forecast_next_mean(g, position_stride=n0, norm_stats=s),
-            grown, stats,
-        )  # fmt: skip
-        outs.append(nxt)
-        grown = jnp.concatenate([grown, nxt], axis=1)
-    return np.asarray(jnp.concatenate(outs, axis=1)[:, :pred_len])
+
+    def fn(mm, grown):
+        stats, outs = tc.context_stats(mm, grown), []
+        for _ in range(-(-pred_len // P)):  # one program: a compile per length costs more
+            outs.append(mm.forecast_next_mean(grown, position_stride=n0, norm_stats=stats))
+            grown = jnp.concatenate([grown, outs[-1]], axis=1)
+        return jnp.concatenate(outs, axis=1)[:, :pred_len]
+
+    return np.asarray(run(m, fn, x))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -97,19 +101,20 @@ def test_cached_forecast_equals_growing_context_recomputation(name):
     got = np.asarray(tc.cached_forecast(m, x, 3 * P - 2))  # across three patches
     assert got.shape == want.shape == (2, 3 * P - 2, CONFIGS[name][1])
     np.testing.assert_allclose(got, want, atol=MODEL_TOL, rtol=0)
-    short = np.asarray(tc.cached_forecast(m, x, 5))  # inside one patch: rolling's first patch
-    np.testing.assert_allclose(short, want[:, :5], atol=MODEL_TOL, rtol=0)
-    np.testing.assert_allclose(short, rolling_forecast(m, x, 5), atol=MODEL_TOL, rtol=0)
+    if name == "c3_norm_stochastic":  # inside one patch: rolling's first patch (its mean)
+        short = np.asarray(tc.cached_forecast(m, x, 5))
+        np.testing.assert_allclose(short, want[:, :5], atol=MODEL_TOL, rtol=0)
+        np.testing.assert_allclose(short, rolling_forecast(m, x, 5), atol=MODEL_TOL, rtol=0)
 
 
 def test_position_stride_n_and_own_stats_are_openltm():
     m, x = model("c3_cov_2layers"), context("c3_cov_2layers")
-    base = run(m, lambda mm, xx: mm(xx), x)
+    base = run(m, forward, x)
     same = run(m, lambda mm, xx: mm(xx, position_stride=4, norm_stats=(None, None)), x)
     np.testing.assert_array_equal(np.asarray(base), np.asarray(same))
     mn = model("c1_norm")
     x1 = context("c1_norm")
-    own = run(mn, lambda mm, xx: mm(xx), x1)
+    own = run(mn, forward, x1)
     given = run(mn, lambda mm, xx: mm(xx, norm_stats=tc.context_stats(mm, xx)), x1)
     np.testing.assert_allclose(np.asarray(given), np.asarray(own), atol=LAYER_TOL, rtol=0)
 
@@ -149,8 +154,8 @@ def _decode(m, x, patches, max_tokens, rewind_to=None, again=None):
     return run(m, fn, x, patches, again)
 
 
-@pytest.mark.parametrize("name", ["c3_cov_2layers", "c3_norm_stochastic"])
-def test_extend_of_t_steps_equals_t_single_steps(name):
+def test_extend_of_t_steps_equals_t_single_steps():
+    name = "c3_cov_2layers"  # the covariate rule is the one a block of steps could leak through
     m, x = model(name), context(name, seed=2)
     c = CONFIGS[name][1]
     patches = jnp.asarray(series(2, 3 * P, c, seed=5)).reshape(2, 3, P, c)
