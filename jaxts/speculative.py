@@ -19,7 +19,8 @@ Three acceptance rules (see docs/speculative.md for the derivations):
   :func:`jaxts.models.timer_xl.rolling_forecast` of the target.
 
 Every sample of a batch has its own context and progresses at its own pace (1 to k+1 patches per
-round); the loop runs until every sample has ``ceil(pred_len / P)`` patches.
+round); the loop runs until every sample has ``ceil(pred_len / P)`` patches. ``decoding="cached"``
+runs the same rules over KV caches (:mod:`jaxts.speculative_cached`).
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ from flax import nnx
 from jaxts.models.timer_xl import INSTANCE_NORM_EPS, TimerXL, check_context
 
 RULES = ("exact", "stride", "tolerance")
+DECODINGS = ("rolling", "cached")
 K_MIN, K_MAX = 1, 8  # STRIDE's adaptive-k bounds
 ADAPT_UP, ADAPT_DOWN = 0.7, 0.3  # STRIDE: k+1 above 70% acceptance, k-1 below 30%
 LOG_RATIO_CAP = 20.0  # STRIDE caps the log-ratio before exp
 MAX_RESIDUAL_TRIES = 64
 _LOG_2PI = math.log(2.0 * math.pi)
 
-__all__ = ["RULES", "SpecResult", "generate", "sample_target"]
+__all__ = ["DECODINGS", "RULES", "SpecResult", "generate", "sample_target"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +114,11 @@ def _check_key(key) -> None:
         raise ValueError(f"key must be a JAX PRNG key such as jax.random.key(0), got {key!r}")
 
 
+def _check_decoding(decoding) -> None:
+    if decoding not in DECODINGS:
+        raise ValueError(f"decoding must be one of {DECODINGS}, got {decoding!r}")
+
+
 def _check_pair(target: TimerXL, draft: TimerXL | None, context) -> int:
     tc = target.config
     if tc.input_token_len != tc.output_token_len:
@@ -144,6 +151,7 @@ def generate(
     key: jax.Array,
     adaptive: bool = False,
     max_residual_tries: int = MAX_RESIDUAL_TRIES,
+    decoding: str = "rolling",
 ) -> SpecResult:
     """Forecast ``pred_len`` steps after ``context`` ``[B, L, C]`` by speculative decoding.
 
@@ -153,7 +161,12 @@ def generate(
     tolerance for ``"stride"`` (normalised space; proposals within it are always accepted).
     ``adaptive``: STRIDE's adaptive k within [1, 8], starting at ``k``. Runs in eval mode; one
     compilation per (shapes, pred_len, k, rule, adaptive); sigma, accept_bias and tol are traced.
+    ``decoding``: ``"rolling"`` (OpenLTM's sliding window: the target verifies k+1 windows) or
+    ``"cached"`` (each model keeps a KV cache, the target verifies the k proposals in one call
+    of (k+1)*C tokens; the growing-context forecast of ``cached_forecast``, and STRIDE's bonus
+    call is free); see :mod:`jaxts.speculative_cached`.
     """
+    _check_decoding(decoding)
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     if not isinstance(k, (int, np.integer)) or not K_MIN <= k <= K_MAX:
@@ -177,21 +190,21 @@ def generate(
     scalars = jnp.asarray(
         [sigma, accept_bias, -1.0 if tol is None else tol], jnp.float32
     )  # traced: sweeps over them reuse one compilation
-    st = _generate_jit(
+    if decoding == "cached":
+        from jaxts import speculative_cached as cached  # (it imports this module)
+
+        cached.check_cached_context(context, target.config.input_token_len)
+        loop = cached.generate_cached_state
+    else:
+        loop = _generate_jit
+    st = loop(
         tg, ts, dg, ds, jnp.asarray(context, jnp.float32), key, scalars,
         int(pred_len), int(k), rule, bool(adaptive), int(max_residual_tries),
     )  # fmt: skip
-    st = jax.device_get(st)
-    return SpecResult(
-        forecast=np.asarray(st.out[:, : int(pred_len)]),
-        accepted=np.asarray(st.accepted),
-        attempted=np.asarray(st.attempted),
-        target_calls=int(st.target_calls),
-        draft_calls=int(st.draft_calls),
-        rounds=int(st.rounds),
-        residual_fallbacks=int(st.fallbacks),
-        k_final=int(st.k),
-    )
+    # to the host: the results only (a cached loop's state holds both KV caches too)
+    got = jax.device_get((st.out[:, : int(pred_len)], st.accepted, st.attempted))
+    counts = jax.device_get((st.target_calls, st.draft_calls, st.rounds, st.fallbacks, st.k))
+    return SpecResult(*map(np.asarray, got), *map(int, counts))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 7, 8, 9, 10, 11))
@@ -199,16 +212,11 @@ def _generate_jit(tg, ts, dg, ds, x, key, scalars, pred_len, k, rule, adaptive, 
     target, draft = nnx.merge(tg, ts), nnx.merge(dg, ds)
     target.eval()
     draft.eval()
-    sigma, accept_bias, tol = scalars[0], scalars[1], scalars[2]
+    sigma = scalars[0]
     b, _, c = x.shape
     p = target.config.output_token_len
     steps = math.ceil(pred_len / p)
-    k_cap = K_MAX if adaptive else k
-    if target.config.use_norm:  # STRIDE judges patches normalised with the initial context
-        mean0 = x.mean(axis=1, keepdims=True)  # [B, 1, C]
-        std0 = jnp.sqrt(jnp.var(x, axis=1, keepdims=True) + INSTANCE_NORM_EPS)
-    else:
-        mean0, std0 = jnp.zeros((b, 1, c)), jnp.ones((b, 1, c))
+    norm0 = _initial_norm(target, x)
 
     def round_body(kk: int, s: _LoopState) -> _LoopState:
         """One round with a static k: k draft calls, one target call (+1 STRIDE bonus call)."""
@@ -217,12 +225,7 @@ def _generate_jit(tg, ts, dg, ds, x, key, scalars, pred_len, k, rule, adaptive, 
 
         def propose(ctx, kd):
             mu_q, var_q = _next_patch(draft, ctx)  # [B, P, C]
-            if var_q is None:
-                var_q = jnp.broadcast_to(sigma**2, mu_q.shape)
-            if rule == "tolerance":
-                xi = mu_q
-            else:
-                xi = mu_q + jnp.sqrt(var_q) * jax.random.normal(kd, mu_q.shape)
+            xi, var_q = _proposal(rule, mu_q, var_q, sigma, kd)
             return _roll(ctx, xi), (xi, mu_q, var_q)
 
         _, (xs, mu_q, var_q) = jax.lax.scan(
@@ -240,44 +243,21 @@ def _generate_jit(tg, ts, dg, ds, x, key, scalars, pred_len, k, rule, adaptive, 
         mu_p = mu_p.reshape(n_win, b, p, c)
         var_p = None if var_p is None else var_p.reshape(n_win, b, p, c)
         u = jax.random.uniform(k_u, (kk, b))
-
-        if rule == "exact":
-            vp = jnp.broadcast_to(sigma**2, mu_p.shape) if var_p is None else var_p
-            log_ratio = _gauss_logpdf(xs, mu_p[:kk], vp[:kk]) - _gauss_logpdf(xs, mu_q, var_q)
-            accept = jnp.log(u) <= jnp.minimum(log_ratio, 0.0)  # [k, B]
-        elif rule == "stride":
-            xn, pn, qn = ((a - mean0) / std0 for a in (xs, mu_p, mu_q))
-            if draft.config.stochastic:  # patch-averaged draft variance, normalised units
-                vq = jnp.mean(var_q / std0**2, axis=(-2, -1))  # [k, B]
-            else:  # STRIDE: sigma^2 for both terms (normalised units, unlike the sampling)
-                vq = sigma**2
-            log_ratio = -jnp.sum((xn - pn) ** 2, axis=(-2, -1)) / (2 * sigma**2) + jnp.sum(
-                (xn - qn) ** 2, axis=(-2, -1)
-            ) / (2 * vq)
-            alpha = jnp.minimum(
-                1.0, jnp.exp(jnp.minimum(log_ratio, LOG_RATIO_CAP)) * jnp.maximum(accept_bias, 1.0)
-            )
-            within = (tol > 0) & (jnp.mean((pn - xn) ** 2, axis=(-2, -1)) <= tol)
-            accept = (u <= alpha) | within
-        else:  # tolerance
-            rms = jnp.sqrt(jnp.mean((mu_q - mu_p[:kk]) ** 2, axis=(-2, -1)))
-            accept = rms <= tol
-
+        accept = _judge(
+            rule, xs, mu_q, var_q, mu_p[:kk], None if var_p is None else var_p[:kk], u,
+            scalars, norm0, draft.config.stochastic,
+        )  # fmt: skip
         n_acc = jnp.sum(jnp.cumprod(accept.astype(jnp.int32), axis=0), axis=0)  # [B] in [0, k]
         all_acc = n_acc == kk
-        j = jnp.minimum(n_acc, n_win - 1)  # window of the patch emitted after the kept ones
-
-        def at(a):  # a [n, B, P, C] -> a[j_b, b] [B, P, C]
-            return jnp.take_along_axis(a, j[None, :, None, None], axis=0)[0]
 
         fallbacks = jnp.zeros((), jnp.int32)
         extra_calls = 0
-        if rule == "tolerance":
-            extra = at(mu_p)
-        elif rule == "stride":
+        if rule == "stride":
             # rejection at i: target mean of W_i plus noise; all kept: one more target call on
             # the samples that need it (the call is made, and counted, only if any does).
-            fix = at(mu_p) + sigma * jax.random.normal(k_fix, (b, p, c))
+            fix = _at(mu_p, jnp.minimum(n_acc, kk - 1)) + sigma * jax.random.normal(
+                k_fix, (b, p, c)
+            )
             w_k = _roll(wins[-1], xs[kk - 1])
             need = all_acc & active
             bonus = jax.lax.cond(
@@ -288,65 +268,111 @@ def _generate_jit(tg, ts, dg, ds, x, key, scalars, pred_len, k, rule, adaptive, 
             bonus = bonus + sigma * jax.random.normal(k_bonus, (b, p, c))
             extra = jnp.where(all_acc[:, None, None], bonus, fix)
             extra_calls = jnp.any(need).astype(jnp.int32)
-        else:  # exact
-            vp = jnp.broadcast_to(sigma**2, mu_p.shape) if var_p is None else var_p
-            mp_j, vp_j = at(mu_p), at(vp)
-            bonus = mp_j + jnp.sqrt(vp_j) * jax.random.normal(k_bonus, (b, p, c))
-            jq = jnp.minimum(n_acc, kk - 1)
-            mq_j = jnp.take_along_axis(mu_q, jq[None, :, None, None], axis=0)[0]
-            vq_j = jnp.take_along_axis(var_q, jq[None, :, None, None], axis=0)[0]
-            need = active & ~all_acc
-            fix, ok = _sample_residual(k_fix, mp_j, vp_j, mq_j, vq_j, need, max_tries)
-            extra = jnp.where(all_acc[:, None, None], bonus, fix)
-            fallbacks = jnp.sum(need & ~ok).astype(jnp.int32)
+        else:
+            extra, fallbacks = _correction(
+                rule, (k_fix, k_bonus), n_acc, mu_q, var_q, mu_p, var_p, active, sigma, max_tries
+            )
 
-        # Emitted this round: the kept proposals then ``extra`` at position n_acc (positions
-        # after it are scratch, overwritten next round).
-        emitted = jnp.concatenate([xs, jnp.zeros((1, b, p, c))], axis=0)  # [k+1, B, P, C]
-        emitted = jnp.where(
-            (jnp.arange(kk + 1)[:, None] == n_acc[None, :])[..., None, None], extra[None], emitted
-        )
-        emitted = emitted.transpose(1, 0, 2, 3).reshape(b, (kk + 1) * p, c)  # [B, (k+1)P, C]
-        n_new = n_acc + 1
-
-        def write(buf, block, start):
-            return jax.lax.dynamic_update_slice(buf, block, (start * p, 0))
-
-        out = jax.vmap(write)(s.out, emitted, s.n_out)
-        ext = jnp.concatenate([s.ctx, emitted], axis=1)  # [B, L + (k+1)P, C]
+        emitted = _emitted(xs, extra, n_acc)  # [k+1, B, P, C]
+        flat = emitted.transpose(1, 0, 2, 3).reshape(b, (kk + 1) * p, c)  # [B, (k+1)P, C]
+        ext = jnp.concatenate([s.ctx, flat], axis=1)  # [B, L + (k+1)P, C]
         ctx = jax.vmap(lambda e, n: jax.lax.dynamic_slice(e, (n * p, 0), s.ctx.shape[1:]))(
-            ext, n_new
+            ext, n_acc + 1
         )
-        keep = active[:, None, None]
-        acc_add = jnp.where(active, n_acc, 0)
-        att_add = jnp.where(active, jnp.minimum(n_acc + 1, kk), 0)
-        return _LoopState(
-            ctx=jnp.where(keep, ctx, s.ctx),
-            out=jnp.where(keep, out, s.out),
-            n_out=jnp.where(active, s.n_out + n_new, s.n_out),
-            accepted=s.accepted + acc_add,
-            attempted=s.attempted + att_add,
-            target_calls=s.target_calls + 1 + extra_calls,
-            draft_calls=s.draft_calls + kk,
-            rounds=s.rounds + 1,
-            fallbacks=s.fallbacks + fallbacks,
-            k=s.k,
-            key=key,
-        )
+        upd = _progress(s, active, n_acc, kk, emitted, 1 + extra_calls, fallbacks, key)
+        return dataclasses.replace(s, ctx=jnp.where(active[:, None, None], ctx, s.ctx), **upd)
 
-    def body(s: _LoopState) -> _LoopState:
-        if not adaptive:
-            return round_body(k, s)
-        s = jax.lax.switch(
-            s.k - K_MIN, [functools.partial(round_body, kk) for kk in range(K_MIN, K_MAX + 1)], s
-        )
-        rate = jnp.sum(s.accepted) / jnp.maximum(jnp.sum(s.attempted), 1)
-        k_new = jnp.where(rate > ADAPT_UP, s.k + 1, jnp.where(rate < ADAPT_DOWN, s.k - 1, s.k))
-        return dataclasses.replace(s, k=jnp.clip(k_new, K_MIN, K_MAX))
+    init = _LoopState(ctx=x, **_init_progress(b, c, p, steps, k, adaptive, key))
+    return _run_rounds(round_body, init, k, adaptive, steps)
 
+
+# ------------------------------------------------ shared by the rolling and the cached loops
+
+
+def _initial_norm(target: TimerXL, x):
+    """(mean0, std0) ``[B, 1, C]``: STRIDE judges patches normalised with the initial context."""
+    b, _, c = x.shape
+    if target.config.use_norm:
+        mean0 = x.mean(axis=1, keepdims=True)
+        return mean0, jnp.sqrt(jnp.var(x, axis=1, keepdims=True) + INSTANCE_NORM_EPS)
+    return jnp.zeros((b, 1, c)), jnp.ones((b, 1, c))
+
+
+def _proposal(rule: str, mu_q, var_q, sigma, key):
+    """(proposal, draft variance) ``[B, P, C]``: the draft mean under "tolerance", otherwise a
+    draw from N(mu_q, var_q) (sigma^2 for a deterministic draft)."""
+    if var_q is None:
+        var_q = jnp.broadcast_to(sigma**2, mu_q.shape)
+    if rule == "tolerance":
+        return mu_q, var_q
+    return mu_q + jnp.sqrt(var_q) * jax.random.normal(key, mu_q.shape), var_q
+
+
+def _judge(rule, xs, mu_q, var_q, mu_p, var_p, u, scalars, norm0, draft_stochastic: bool):
+    """Whether each proposal passes ``rule`` on its own: ``[k, B]`` (the caller cuts at the first
+    rejection). xs, mu_q, var_q ``[k, B, P, C]``; mu_p, var_p (None: deterministic target) the
+    target's forecasts judging x_1..x_k ``[k, B, P, C]``; u ``[k, B]`` uniforms."""
+    sigma, accept_bias, tol = scalars[0], scalars[1], scalars[2]
+    if rule == "exact":
+        vp = jnp.broadcast_to(sigma**2, mu_p.shape) if var_p is None else var_p
+        log_ratio = _gauss_logpdf(xs, mu_p, vp) - _gauss_logpdf(xs, mu_q, var_q)
+        return jnp.log(u) <= jnp.minimum(log_ratio, 0.0)
+    if rule == "tolerance":
+        return jnp.sqrt(jnp.mean((mu_q - mu_p) ** 2, axis=(-2, -1))) <= tol
+    mean0, std0 = norm0
+    xn, pn, qn = ((a - mean0) / std0 for a in (xs, mu_p, mu_q))
+    if draft_stochastic:  # patch-averaged draft variance, normalised units
+        vq = jnp.mean(var_q / std0**2, axis=(-2, -1))  # [k, B]
+    else:  # STRIDE: sigma^2 for both terms (normalised units, unlike the sampling)
+        vq = sigma**2
+    log_ratio = -jnp.sum((xn - pn) ** 2, axis=(-2, -1)) / (2 * sigma**2) + jnp.sum(
+        (xn - qn) ** 2, axis=(-2, -1)
+    ) / (2 * vq)
+    alpha = jnp.minimum(
+        1.0, jnp.exp(jnp.minimum(log_ratio, LOG_RATIO_CAP)) * jnp.maximum(accept_bias, 1.0)
+    )
+    within = (tol > 0) & (jnp.mean((pn - xn) ** 2, axis=(-2, -1)) <= tol)
+    return (u <= alpha) | within
+
+
+def _at(a, j):
+    """``a[j_b, b]``: a ``[n, B, ...]``, j ``[B]`` -> ``[B, ...]``."""
+    idx = j.reshape((1, -1) + (1,) * (a.ndim - 2))
+    return jnp.take_along_axis(a, idx, axis=0)[0]
+
+
+def _correction(rule, keys, n_acc, mu_q, var_q, mu_p, var_p, active, sigma, max_tries: int):
+    """The patch emitted after the kept ones, rules "exact" and "tolerance": (patch ``[B, P, C]``,
+    residual fallbacks ``[]``). mu_p, var_p ``[k+1, B, P, C]``: the target at W_0..W_k, so the
+    bonus patch after k kept ones comes from W_k."""
+    kk = mu_q.shape[0]
+    if rule == "tolerance":
+        return _at(mu_p, n_acc), jnp.zeros((), jnp.int32)
+    k_fix, k_bonus = keys
+    vp = jnp.broadcast_to(sigma**2, mu_p.shape) if var_p is None else var_p
+    mp_j, vp_j = _at(mu_p, n_acc), _at(vp, n_acc)
+    bonus = mp_j + jnp.sqrt(vp_j) * jax.random.normal(k_bonus, mp_j.shape)
+    jq = jnp.minimum(n_acc, kk - 1)
+    all_acc = n_acc == kk
+    need = active & ~all_acc
+    fix, ok = _sample_residual(k_fix, mp_j, vp_j, _at(mu_q, jq), _at(var_q, jq), need, max_tries)
+    return jnp.where(all_acc[:, None, None], bonus, fix), jnp.sum(need & ~ok).astype(jnp.int32)
+
+
+def _emitted(xs, extra, n_acc):
+    """The round's patches ``[k+1, B, P, C]``: the kept proposals, then ``extra`` at position
+    n_acc (positions after it are scratch, overwritten next round)."""
+    b = xs.shape[1]
+    emitted = jnp.concatenate([xs, jnp.zeros((1,) + xs.shape[1:], xs.dtype)], axis=0)
+    here = jnp.arange(xs.shape[0] + 1)[:, None] == n_acc.reshape(1, b)  # [k+1, B]
+    return jnp.where(here[..., None, None], extra[None], emitted)
+
+
+def _init_progress(b, c, p, steps, k, adaptive, key) -> dict:
+    """The output buffer and counters every loop state starts with."""
     zero = jnp.zeros((), jnp.int32)
-    init = _LoopState(
-        ctx=x,
+    k_cap = K_MAX if adaptive else k
+    return dict(
         out=jnp.zeros((b, (steps + k_cap + 1) * p, c), jnp.float32),
         n_out=jnp.zeros((b,), jnp.int32),
         accepted=jnp.zeros((b,), jnp.int32),
@@ -358,6 +384,43 @@ def _generate_jit(tg, ts, dg, ds, x, key, scalars, pred_len, k, rule, adaptive, 
         k=jnp.asarray(k, jnp.int32),
         key=key,
     )
+
+
+def _progress(s, active, n_acc, kk: int, emitted, target_add, fallbacks, key) -> dict:
+    """The output buffer and counters after a round that kept ``n_acc`` ``[B]`` proposals and
+    emitted ``emitted`` ``[k+1, B, P, C]`` (rows not ``active`` ``[B]`` unchanged)."""
+    _, b, p, c = emitted.shape
+    flat = emitted.transpose(1, 0, 2, 3).reshape(b, (kk + 1) * p, c)  # [B, (k+1)P, C]
+    out = jax.vmap(lambda buf, blk, n: jax.lax.dynamic_update_slice(buf, blk, (n * p, 0)))(
+        s.out, flat, s.n_out
+    )
+    return dict(
+        out=jnp.where(active[:, None, None], out, s.out),
+        n_out=jnp.where(active, s.n_out + n_acc + 1, s.n_out),
+        accepted=s.accepted + jnp.where(active, n_acc, 0),
+        attempted=s.attempted + jnp.where(active, jnp.minimum(n_acc + 1, kk), 0),
+        target_calls=s.target_calls + target_add,
+        draft_calls=s.draft_calls + kk,
+        rounds=s.rounds + 1,
+        fallbacks=s.fallbacks + fallbacks,
+        key=key,
+    )
+
+
+def _run_rounds(round_body, init, k: int, adaptive: bool, steps: int):
+    """Rounds until every row has ``steps`` patches; with ``adaptive``, k (traced) picks one of
+    the statically shaped round bodies and moves with the running acceptance rate."""
+
+    def body(s):
+        if not adaptive:
+            return round_body(k, s)
+        s = jax.lax.switch(
+            s.k - K_MIN, [functools.partial(round_body, kk) for kk in range(K_MIN, K_MAX + 1)], s
+        )
+        rate = jnp.sum(s.accepted) / jnp.maximum(jnp.sum(s.attempted), 1)
+        k_new = jnp.where(rate > ADAPT_UP, s.k + 1, jnp.where(rate < ADAPT_DOWN, s.k - 1, s.k))
+        return dataclasses.replace(s, k=jnp.clip(k_new, K_MIN, K_MAX))
+
     return jax.lax.while_loop(lambda s: jnp.any(s.n_out < steps), body, init)
 
 
@@ -389,10 +452,21 @@ def _sample_residual(key, mp, vp, mq, vq, need, max_tries: int):
     return y, found
 
 
-def sample_target(target: TimerXL, context, pred_len: int, *, sigma: float = 0.25, key):
+def sample_target(
+    target: TimerXL,
+    context,
+    pred_len: int,
+    *,
+    sigma: float = 0.25,
+    key,
+    decoding: str = "rolling",
+):
     """Target-only ancestral sampling, the distribution ``"exact"`` reproduces: each next patch is
     drawn from N(mu_p, sigma^2 I) (the target's own variance when it is stochastic) and appended
-    to the sliding context. context ``[B, L, C]`` -> ``[B, pred_len, C]``."""
+    to the sliding context (``decoding="rolling"``) or to the KV cache (``"cached"``: the
+    growing context, normalised with the context's statistics). context ``[B, L, C]`` ->
+    ``[B, pred_len, C]``."""
+    _check_decoding(decoding)
     if not float(sigma) > 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
     if int(pred_len) <= 0:
@@ -400,9 +474,11 @@ def sample_target(target: TimerXL, context, pred_len: int, *, sigma: float = 0.2
     _check_key(key)
     _check_pair(target, None, context)
     tg, ts = nnx.split(target)
-    out = _sample_target_jit(
-        tg, ts, jnp.asarray(context, jnp.float32), key, jnp.float32(sigma), int(pred_len)
-    )
+    if decoding == "cached":
+        from jaxts.speculative_cached import sample_target_cached as fn  # imports this module
+    else:
+        fn = _sample_target_jit
+    out = fn(tg, ts, jnp.asarray(context, jnp.float32), key, jnp.float32(sigma), int(pred_len))
     return np.asarray(out)
 
 
