@@ -145,6 +145,20 @@ def test_forecast_keeps_its_results_next_to_the_checkpoint_unless_forced(ckpts, 
     assert set(json.loads((ckpt / "metrics_test.json").read_text())) == {"8", "avg"}
 
 
+def test_forecast_records_its_decoding_and_cached_equals_rolling_within_one_patch(ckpts, tmp_path):
+    got = {}
+    for decoding in ("rolling", "cached"):
+        out = tmp_path / decoding
+        argv = forecast_args(ckpts.timer, ckpts.csv, "--out", str(out), "--decoding", decoding)
+        assert eval_forecast.main(argv) == 0
+        got[decoding] = json.loads((out / "metrics_test.json").read_text())
+        assert {r["decoding"] for r in got[decoding].values()} == {decoding}
+    # horizon 16 = one patch: the cached forecast is the rolling forecast's first patch
+    assert got["cached"]["16"]["mse"] == pytest.approx(got["rolling"]["16"]["mse"], rel=1e-5)
+    with pytest.raises(ValueError, match=r"decoding must be one of \['rolling', 'cached'\]"):
+        eval_forecast.evaluate_rolling(None, ckpts.csv, 48, [16], decoding="beam")
+
+
 # ---- non-finite forecasts ------------------------------------------------------------------
 
 
