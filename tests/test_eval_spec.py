@@ -51,7 +51,28 @@ def test_evaluate_records(models):
     assert tol["target_calls_per_batch"] == 2 and tol["draft_calls_per_batch"] == 4
     assert "mse_change_vs_sampling" in exact and exact["residual_fallbacks"] == 0
     assert set(res["baseline"]) == {"rolling", "sampling_sigma=0.25"}
+    # each rule against its own baseline: tolerance the mean, exact sampling at its sigma
+    assert tol["own_baseline"] == "rolling" and exact["own_baseline"] == "sampling_sigma=0.25"
+    assert tol["mse_change_vs_own_baseline"] == tol["mse_change_vs_rolling"]
+    assert exact["mse_change_vs_own_baseline"] == exact["mse_change_vs_sampling"]
     assert len(rows) == 10 and {r["window"] for r in rows} == set(range(5))
+
+
+def test_evaluate_cached_baseline_is_cached_decoding(models):
+    """With decoding="cached" the mean baseline is the target's cached decoding, which the
+    tolerance rule at tol 0 reproduces."""
+    t, d = models
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 192, 2)).astype(np.float32)
+    y = rng.normal(size=(3, 150, 2))
+    setting = Setting(rule="tolerance", k=2, tol=0.0)
+    res = evaluate(t, d, x, y, [setting], batch_size=2, progress=False, decoding="cached")
+    (tol,) = res["settings"]
+    assert set(res["baseline"]) == {"cached"} and tol["decoding"] == "cached"
+    assert tol["mse_change_vs_cached"] == pytest.approx(0.0, abs=1e-6)
+    assert tol["own_baseline"] == "cached" and "mse_change_vs_rolling" not in tol
+    with pytest.raises(ValueError, match="decoding"):
+        evaluate(t, d, x, y, [setting], progress=False, decoding="kv")
 
 
 def test_cli_writes_json_csv_png(tmp_path, models):
@@ -63,13 +84,17 @@ def test_cli_writes_json_csv_png(tmp_path, models):
         "--target", str(tmp_path / "t"), "--draft", str(tmp_path / "d"), "--seq-len", "192",
         "--pred-len", "100", "--max-windows", "3", "--batch-size", "2", "--no-progress",
         "--sweep", "k=1,2", "rule=stride", "--out", str(out), "--debug-csv", str(out / "dbg.csv"),
+        "--decoding", "cached",
     ]  # fmt: skip
     assert main(argv) == 0
     res = json.loads((out / "spec_results.json").read_text())
     assert [s["k"] for s in res["settings"]] == [1, 2]
-    assert res["meta"]["windows"] == 3
+    assert res["meta"]["windows"] == 3 and res["meta"]["decoding"] == "cached"
+    assert set(res["baseline"]) == {"cached", "sampling_sigma=0.25"}
     with open(out / "spec_sweep.csv") as f:
-        assert len(list(csv.DictReader(f))) == 2
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and {r["own_baseline"] for r in rows} == {"sampling_sigma=0.25"}
+    assert all("mse_change_vs_cached" in r and "mse_change_vs_own_baseline" in r for r in rows)
     assert (out / "spec_sweep.png").stat().st_size > 1000
     with open(out / "dbg.csv") as f:
         assert len(list(csv.DictReader(f))) == 6
