@@ -171,11 +171,9 @@ def evaluate(
     decoding: str = "rolling",
 ) -> dict[str, Any]:
     """Run the baselines and every setting over windows ``x`` ``[W, L, C]`` (truth ``y``
-    ``[W, H, C]``) in batches of ``batch_size`` (the last one padded). ``decoding``: both the
-    baselines and the speculative loop decode that way (``"rolling"``: OpenLTM's sliding
-    window; ``"cached"``: KV cache, growing context). Returns a dict with ``baseline`` (the
-    target's mean decoding under ``decoding``'s name, and sampling at each sigma) and
-    ``settings`` (one record each)."""
+    ``[W, H, C]``) in batches of ``batch_size`` (the last one padded), all decoding by
+    ``decoding`` ("rolling" or "cached"). Returns ``baseline`` (the target's mean decoding keyed
+    ``decoding``, sampling at each sigma) and ``settings`` (one record each)."""
     import jax
 
     from jaxts.data import pad_batch
@@ -253,20 +251,18 @@ def evaluate(
 
 
 def own_baseline(rule: str, sigma: float, decoding: str) -> str:
-    """The baseline key of the target-only process a rule's output is compared with: the
-    sampling rules ("exact", which reproduces it, and "stride", whose every patch carries sigma
-    noise too) against target-only sampling at the same sigma; "tolerance" (deterministic)
-    against the target's mean decoding (key ``decoding``)."""
+    """The baseline a rule is compared with: target-only sampling at the same sigma for the
+    sampling rules (exact reproduces it; stride's patches all carry sigma noise), the target's
+    mean decoding (key ``decoding``) for the deterministic "tolerance"."""
     return decoding if rule == "tolerance" else f"sampling_sigma={sigma:g}"
 
 
 def _record(
     st: Setting, errors, counts, results, t: dict, baseline: dict, steps: int, decoding: str
 ) -> dict:
-    """One setting's row: MSE/MAE and their change against the baselines (the target's mean
-    decoding, named after ``decoding``, and the rule's own baseline), acceptance (accepted /
-    attempted draft patches over all windows), calls per batch, timing and speed-up (against
-    the target's mean decoding)."""
+    """One setting's row: MSE/MAE and their change against the target's mean decoding and the
+    rule's own baseline, acceptance (accepted / attempted draft patches over all windows), calls
+    per batch, timing and speed-up against the mean decoding."""
     (mse_p, mae_p), (acc, att) = errors, counts
     mean = baseline[decoding]
     own_name = own_baseline(st.rule, st.sigma, decoding)
@@ -299,8 +295,7 @@ def _record(
 
 
 def format_table(res: dict[str, Any]) -> str:
-    """The baselines, then one line per setting: dMSE% against the target's mean decoding and
-    dOwn% against the rule's own baseline (:func:`own_baseline`)."""
+    """Baselines, then per setting dMSE% (vs the mean decoding) and dOwn% (vs own baseline)."""
     name = next(k for k in res["baseline"] if not k.startswith("sampling"))
     b = res["baseline"][name]
     lines = [
