@@ -9,12 +9,15 @@ from jaxts.models.chronos_bolt import ChronosBolt, ChronosBoltConfig
 from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
 from jaxts.models.distance_head import DistanceAwareChronos, DistanceHead, DistanceHeadConfig
 from jaxts.models.llama import Llama, LlamaConfig
+from jaxts.models.timer_hf import TimerHF, TimerHFConfig
 from jaxts.models.timer_xl import TimerXL, TimerXLConfig, rolling_forecast
+from jaxts.models.timer_xl_cache import cached_forecast
 from jaxts.pipelines.chronos2 import Chronos2Pipeline
 from jaxts.pipelines.chronos_bolt import ChronosBoltPipeline
 from jaxts.pipelines.chronos_t5 import ChronosT5Pipeline
 from jaxts.pipelines.distance_aware_chronos import DistanceAwareChronosPipeline
 from jaxts.pipelines.llama import LlamaPipeline
+from jaxts.pipelines.timer import TimerPipeline
 from jaxts.soft_mask import SoftGroupMask
 
 __version__ = "0.1.0"
@@ -35,9 +38,13 @@ __all__ = [
     "Llama",
     "LlamaConfig",
     "LlamaPipeline",
+    "TimerHF",
+    "TimerHFConfig",
+    "TimerPipeline",
     "TimerXL",
     "TimerXLConfig",
     "SoftGroupMask",
+    "cached_forecast",
     "load_model",
     "rolling_forecast",
     "save_model",

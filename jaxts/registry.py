@@ -64,6 +64,13 @@ FAMILIES: dict[str, Family] = {
             upstream="OpenLTM / STRIDE checkpoint.pth (Timer-XL or a STRIDE draft)",
         ),
         Family(
+            name="timer_hf",
+            config="jaxts.models.timer_hf:TimerHFConfig",
+            model="jaxts.models.timer_hf:TimerHF",
+            bridge="bridges.timer_hf",
+            upstream="HF Timer directory or hub id (TimerForPrediction: config.json + model.safetensors)",
+        ),
+        Family(
             name="chronos_t5",
             config="jaxts.models.chronos_t5:ChronosT5Config",
             model="jaxts.models.chronos_t5:ChronosT5",

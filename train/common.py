@@ -46,7 +46,12 @@ __all__ = [
 # Which entry point a trainer-specific section belongs to.
 
 # Keys that say where files are, not which experiment: a resumed run may change them.
-RESUME_MAY_CHANGE = ("data.data_dir", "chronos_t5.init_from", "chronos2.init_from")
+RESUME_MAY_CHANGE = (
+    "data.data_dir",
+    "chronos_t5.init_from",
+    "chronos2.init_from",
+    "timer_hf.init_from",
+)
 
 
 def cli_parser(prog: str, description: str, set_example: str) -> argparse.ArgumentParser:

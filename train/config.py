@@ -58,6 +58,7 @@ RECIPE_OWNERS = {
     "chronos_t5": "python -m train.chronos_t5",
     "distance_head": "python -m train.distance_head",
     "chronos2": "python -m train.chronos2",
+    "timer_hf": "python -m train.target",
 }
 RECIPE_SECTIONS = tuple(RECIPE_OWNERS)
 
@@ -265,6 +266,15 @@ class Chronos2TrainConfig(_Section):
     _datasets_out = pydantic.field_validator("datasets")(_not_empty)
 
 
+class TimerHFTrainConfig(_Section):
+    """Fine-tuning the pretrained HF Timer (``model.name: timer_hf``) with ``train.target``."""
+
+    # An HF Timer dir / hub id (thuml/timer-base-84m) or a jaxts timer_hf dir: its weights
+    # initialise the model section's model (same parameter shapes), or give the model when the
+    # section is absent.
+    init_from: str | None = None
+
+
 def _family_section(name: str) -> type[pydantic.BaseModel]:
     """The ``model`` section of family ``name``: its config's fields plus ``name``."""
     base = config_model(FAMILIES[name].config_class())
@@ -291,6 +301,7 @@ class RunConfig(_Section):
     chronos_t5: ChronosT5TrainConfig | None = None
     distance_head: DistanceHeadTrainConfig | None = None
     chronos2: Chronos2TrainConfig | None = None
+    timer_hf: TimerHFTrainConfig | None = None
 
     @pydantic.field_validator("model", mode="before")
     @classmethod

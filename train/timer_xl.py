@@ -73,10 +73,9 @@ def optimizer(cfg: RunConfig, n_train: int):
 
 def run(cfg: RunConfig) -> dict:
     """Train + evaluate; returns the test metrics dict."""
-    from flax import nnx
 
     from jaxts.checkpoint import load_model
-    from jaxts.models.timer_xl import TimerXL, TimerXLConfig
+    from jaxts.models.timer_xl import TimerXLConfig
     from train.common import (
         check_sections,
         devices_line,
@@ -88,10 +87,9 @@ def run(cfg: RunConfig) -> dict:
     from train.losses import next_patch_loss, next_patch_mean_mse, next_patch_nll
     from train.trainer import Trainer
 
-    check_sections(cfg, "python -m train.timer_xl")
-    mcfg = model_config(cfg)
-    if not isinstance(mcfg, TimerXLConfig):
-        raise ConfigError(f"train.timer_xl trains model.name: timer_xl, got {cfg.model.name!r}")
+    check_sections(cfg, "python -m train.timer_xl", own="timer_hf")
+    model, cfg = _build_model(cfg)
+    mcfg = model.config
     train_ds, val_ds = next_patch_data(cfg, mcfg)
     out = prepare_run_dir(cfg)
 
@@ -101,8 +99,8 @@ def run(cfg: RunConfig) -> dict:
         flush=True,
     )
     o = cfg.optim
-    model = TimerXL(mcfg, rngs=nnx.Rngs(params=o.seed, dropout=o.seed + 1))
-    print(f"Timer-XL: {n_params(model):,} parameters", flush=True)
+    name = "Timer-XL" if isinstance(mcfg, TimerXLConfig) else "HF Timer"
+    print(f"{name}: {n_params(model):,} parameters", flush=True)
     if mcfg.stochastic:
         print("stochastic model: Gaussian NLL loss, validation on the mean's MSE", flush=True)
     tx, schedule = optimizer(cfg, len(train_ds))
@@ -118,7 +116,40 @@ def run(cfg: RunConfig) -> dict:
         schedule=schedule,
     )
     fit_and_report(trainer)
-    return evaluate_test(load_model(out / "best", family="timer_xl"), cfg, out)
+    return evaluate_test(load_model(out / "best", family=cfg.model.name), cfg, out)
+
+
+def _build_model(cfg: RunConfig):
+    """``(model, cfg)``: a fresh Timer-XL of the model section, or an HF Timer (``model.name:
+    timer_hf``), fresh or fine-tuned from ``timer_hf.init_from`` (an HF dir, hub id or jaxts
+    timer_hf dir; the model section may then be left out)."""
+    from flax import nnx
+
+    from jaxts.models.timer_hf import TimerHF
+    from jaxts.models.timer_xl import TimerXL
+    from jaxts.pipelines.timer import TimerPipeline
+    from train.common import build_or_init_from
+
+    init_from = cfg.timer_hf.init_from if cfg.timer_hf is not None else None
+    if init_from is not None or (cfg.model is not None and cfg.model.name == "timer_hf"):
+        if cfg.model is not None and cfg.model.name != "timer_hf":
+            raise ConfigError(
+                f"timer_hf.init_from needs model.name: timer_hf, got {cfg.model.name!r}"
+            )
+        return build_or_init_from(
+            cfg,
+            TimerHF,
+            lambda d: TimerPipeline.from_pretrained(d).model,
+            init_from,
+            "timer_hf.init_from",
+        )
+    mcfg = model_config(cfg)
+    if cfg.model.name != "timer_xl":
+        raise ConfigError(
+            f"train.timer_xl trains model.name: timer_xl or timer_hf, got {cfg.model.name!r}"
+        )
+    o = cfg.optim
+    return TimerXL(mcfg, rngs=nnx.Rngs(params=o.seed, dropout=o.seed + 1)), cfg
 
 
 def main(argv: list[str] | None = None) -> int:
