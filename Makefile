@@ -16,8 +16,10 @@ JAX_SPEC ?= jax
 STAMP := $(VENV)/.installed
 TARGET_CKPT := runs/timer_xl_etth1_cpu/best
 DRAFT_CKPT := runs/distill_etth1_cpu/best
+SPEC_TARGET := runs/timer_xl_etth1_spec/best
+SPEC_DRAFT := runs/distill_etth1_spec/best
 
-.PHONY: demo test test-slow lint bench clean-venv
+.PHONY: demo demo-cached test test-slow lint bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +40,26 @@ $(DRAFT_CKPT)/config.json: | $(TARGET_CKPT)/config.json $(STAMP)
 demo: $(STAMP) | $(TARGET_CKPT)/config.json $(DRAFT_CKPT)/config.json
 	$(BIN)/python -m eval.spec --force
 
-# The SmolLM2 end-to-end checks are marked slow: `make test-slow` runs them. Serial: with two
-# pytest-xdist workers (`-n 2 --dist loadfile`, installed) the suite took 13-16 min instead of
-# ~19, but the load made a subprocess test see orbax's shutdown tracebacks once in three runs.
+# Speculative decoding over KV caches (README "Speculative decoding over the KV cache"): a deeper
+# target (4 x 1024, ~13 min to train on 2 cores) and its distilled draft (~8 min), then the
+# decode-regime benchmark and the cached sweep. Longer than `make demo`'s 15 minutes, hence apart.
+$(SPEC_TARGET)/config.json: | $(STAMP)
+	$(BIN)/python -m train.target --config configs/timer_xl_etth1_spec.yaml
+
+$(SPEC_DRAFT)/config.json: | $(SPEC_TARGET)/config.json $(STAMP)
+	$(BIN)/python -m train.distill --config configs/distill_etth1_spec.yaml --teacher $(SPEC_TARGET)
+
+demo-cached: $(STAMP) | $(SPEC_TARGET)/config.json $(SPEC_DRAFT)/config.json
+	$(BIN)/python -m bench.timer_decode --target $(SPEC_TARGET) --out runs/timer_decode --force
+	$(BIN)/python -m eval.spec --decoding cached --target $(SPEC_TARGET) --draft $(SPEC_DRAFT) \
+		--sweep rule=exact,stride,tolerance k=1,2,3,4 --out runs/spec_etth1_cached --force
+
+# The SmolLM2 end-to-end checks are marked slow: `make test-slow` runs them. Two pytest-xdist
+# workers, whole files each (`--dist loadfile`: a module's compiled programs are made once): the
+# suite took 13-16 min so against ~20 serially. tests/conftest.py drops each module's compiled
+# programs when it ends (one serial process grew past 4 GB by a quarter of the suite).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile tests
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests
