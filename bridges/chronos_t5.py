@@ -26,6 +26,7 @@ from bridges._mapping import (
     torch_state,
     write_hf_dir,
 )
+from jaxts import _hub
 from jaxts.checkpoint import CheckpointError
 from jaxts.models.chronos_t5 import ChronosT5, ChronosT5Config
 from jaxts.models.chronos_tokenizer import ChronosConfig
@@ -247,24 +248,8 @@ def from_state_dict(sd: dict[str, np.ndarray], cfg: ChronosT5Config, source=None
 def resolve_dir(path_or_repo_id: str | Path, extra_files: tuple[str, ...] = ()) -> Path:
     """A local directory as is; otherwise a hub id downloaded with ``huggingface_hub`` (the
     config and weights files, plus ``extra_files``)."""
-    path = Path(path_or_repo_id).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or str(path_or_repo_id).count("/") != 1:
-        raise FileNotFoundError(f"{path_or_repo_id}: not a model directory or a hub id (org/name)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        local = snapshot_download(
-            str(path_or_repo_id),
-            allow_patterns=[CONFIG_FILE, SAFETENSORS_FILE, BIN_FILE, *extra_files],
-        )
-    except Exception as e:  # offline, unknown repo, gated repo...
-        raise FileNotFoundError(
-            f"could not fetch {path_or_repo_id!r} from the Hugging Face Hub ({type(e).__name__}: "
-            f"{e}); download it elsewhere and pass the local directory"
-        ) from e
-    return Path(local)
+    files = (CONFIG_FILE, SAFETENSORS_FILE, BIN_FILE, *extra_files)
+    return _hub.resolve_dir(path_or_repo_id, files)
 
 
 def from_hf(path_or_repo_id: str | Path) -> ChronosT5:

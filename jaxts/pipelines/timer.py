@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from jaxts import _hub
 from jaxts.checkpoint import (
     CheckpointError,
     CheckpointKeyError,
@@ -165,23 +166,7 @@ def load_hf_state(model: TimerHF, state_dict, source=None) -> TimerHF:
 def resolve_dir(dir_or_hub_id, revision: str | None = None) -> Path:
     """A local directory as is; otherwise a hub id (``org/name``) fetched with
     ``huggingface_hub.snapshot_download`` (config and weights only)."""
-    path = Path(dir_or_hub_id).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or str(dir_or_hub_id).count("/") != 1:
-        raise FileNotFoundError(f"{dir_or_hub_id}: not a model directory or a hub id (org/name)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        local = snapshot_download(
-            str(dir_or_hub_id), revision=revision, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE]
-        )
-    except Exception as e:  # offline, unknown or gated repo...
-        raise FileNotFoundError(
-            f"could not fetch {dir_or_hub_id!r} from the Hugging Face Hub ({type(e).__name__}: "
-            f"{first_line(e, 160)}); download it elsewhere and pass the local directory"
-        ) from e
-    return Path(local)
+    return _hub.resolve_dir(dir_or_hub_id, (CONFIG_FILE, WEIGHTS_FILE), revision=revision)
 
 
 def read_weights(path: Path) -> dict[str, np.ndarray]:
