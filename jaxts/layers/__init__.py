@@ -10,12 +10,21 @@ from jaxts.layers.masks import (
 )
 from jaxts.layers.norms import RMSNorm
 from jaxts.layers.relative_position import relative_position_bias, relative_position_bucket
-from jaxts.layers.rope import apply_rope, partial_rope, rope_tables, rotate_interleaved
+from jaxts.layers.rope import (
+    apply_rope,
+    apply_rope_half,
+    partial_rope,
+    rope_tables,
+    rotate_interleaved,
+)
+from jaxts.layers.swiglu import SwiGLU
 
 __all__ = [
     "BinaryAttentionBias",
     "RMSNorm",
+    "SwiGLU",
     "apply_rope",
+    "apply_rope_half",
     "causal_mask",
     "partial_rope",
     "relative_position_bias",

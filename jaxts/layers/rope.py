@@ -1,6 +1,7 @@
 """Rotary position embedding with interleaved pairs (Moirai / OpenLTM ``RotaryProjection``).
 
-Pairs are ``(x[2i], x[2i+1])`` (interleaved), not the two halves of the vector as in Llama.
+Pairs are ``(x[2i], x[2i+1])`` (interleaved), not the two halves of the vector as in Llama
+(:func:`apply_rope_half`, HF's ``rotate_half`` layout: Llama, Chronos-2, the HF Timer).
 ``partial_rope`` rotates only a slice of each head's dimensions, as OpenLTM's
 ``QueryKeyProjection(partial_factor=(0.0, 0.5))`` does for Timer-XL.
 """
@@ -66,3 +67,11 @@ def partial_rope(
     cos, sin = rope_tables(positions, rotated, base)  # [T, rotated]
     mid = apply_rope(x[..., left : left + rotated], cos, sin)
     return jnp.concatenate([x[..., :left], mid, x[..., left + rotated :]], axis=-1)
+
+
+def apply_rope_half(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
+    """``x [..., T, E]`` rotated with HF's ``rotate_half`` ((x1, x2) -> (-x2, x1), the two
+    halves); cos/sin tables broadcast against it (``cat(freqs, freqs)`` layout)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin

@@ -19,6 +19,7 @@ from flax import nnx
 
 from jaxts.layers.norms import RMSNorm
 from jaxts.layers.patching import activation
+from jaxts.layers.rope import apply_rope_half
 from jaxts.models.t5 import T5Attention, T5Config
 
 __all__ = [
@@ -44,13 +45,6 @@ def rope_half_tables(num_positions: int, dim: int, base: float):
     freqs = jnp.arange(num_positions, dtype=jnp.float32)[:, None] * inv_freq  # [S, dim // 2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)  # [S, dim]
     return jnp.cos(emb), jnp.sin(emb)
-
-
-def apply_rope_half(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
-    """``x [..., S, E]`` rotated with HF's ``rotate_half``: (x1, x2) -> (-x2, x1)."""
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
 
 
 def time_attention_bias(attention_mask: jnp.ndarray) -> jnp.ndarray:

@@ -29,6 +29,8 @@ from flax import nnx
 
 from jaxts.config import DictConfig, require_positive
 from jaxts.layers.norms import RMSNorm
+from jaxts.layers.rope import apply_rope_half
+from jaxts.layers.swiglu import SwiGLU
 from jaxts.models.llama_sampling import sample_tokens, warp_logits
 
 __all__ = [
@@ -158,18 +160,12 @@ def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def apply_rope_half(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
-    """``x [B, H, T, D]`` rotated with HF's ``rotate_half`` ((x1, x2) -> (-x2, x1)); cos/sin
-    ``[B, 1, T, D]``."""
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+# HF initialises Linear weights with normal(0, initializer_range=0.02), biases with zeros.
+_INIT = nnx.initializers.normal(stddev=0.02)
 
 
 def _linear(d_in: int, d_out: int, bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
-    # HF initialises Linear weights with normal(0, initializer_range=0.02), biases with zeros.
-    init = nnx.initializers.normal(stddev=0.02)
-    return nnx.Linear(d_in, d_out, use_bias=bias, kernel_init=init, rngs=rngs)
+    return nnx.Linear(d_in, d_out, use_bias=bias, kernel_init=_INIT, rngs=rngs)
 
 
 @jax.tree_util.register_dataclass
@@ -233,23 +229,13 @@ class LlamaAttention(nnx.Module):
         return self.o_proj(out.reshape(b, t, self.n_heads * e)), new
 
 
-class LlamaMLP(nnx.Module):
-    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
-
-    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
-        d, f = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = _linear(d, f, cfg.mlp_bias, rngs)
-        self.up_proj = _linear(d, f, cfg.mlp_bias, rngs)
-        self.down_proj = _linear(f, d, cfg.mlp_bias, rngs)
-
-    def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class LlamaDecoderLayer(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
         self.self_attn = LlamaAttention(cfg, rngs=rngs)
-        self.mlp = LlamaMLP(cfg, rngs=rngs)
+        self.mlp = SwiGLU(
+            cfg.hidden_size, cfg.intermediate_size, use_bias=cfg.mlp_bias, kernel_init=_INIT,
+            rngs=rngs,
+        )  # fmt: skip
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 

@@ -28,8 +28,8 @@ import numpy as np
 from flax import nnx
 
 from jaxts.config import DictConfig, require_positive
-from jaxts.layers.rope import rope_tables
-from jaxts.models.llama import apply_rope_half
+from jaxts.layers.rope import apply_rope_half, rope_tables
+from jaxts.layers.swiglu import SwiGLU
 from jaxts.models.timer_xl import check_context
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm default, what upstream uses
@@ -136,25 +136,15 @@ class TimerAttention(nnx.Module):
         return self.o_proj(out), (k, v)
 
 
-class TimerMLP(nnx.Module):
-    """SwiGLU ``down(silu(gate(x)) * up(x))``, no biases."""
-
-    def __init__(self, cfg: TimerHFConfig, *, rngs: nnx.Rngs):
-        d, f = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = _linear(d, f, False, cfg, rngs)
-        self.up_proj = _linear(d, f, False, cfg, rngs)
-        self.down_proj = _linear(f, d, False, cfg, rngs)
-
-    def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class TimerDecoderLayer(nnx.Module):
     """Post-LN: attention -> add -> norm1 -> SwiGLU -> add -> norm2."""
 
     def __init__(self, cfg: TimerHFConfig, *, rngs: nnx.Rngs):
         self.self_attn = TimerAttention(cfg, rngs=rngs)
-        self.ffn_layer = TimerMLP(cfg, rngs=rngs)
+        self.ffn_layer = SwiGLU(  # no biases upstream
+            cfg.hidden_size, cfg.intermediate_size, use_bias=False,
+            kernel_init=nnx.initializers.normal(stddev=cfg.initializer_range), rngs=rngs,
+        )  # fmt: skip
         self.norm1 = nnx.LayerNorm(cfg.hidden_size, epsilon=LAYER_NORM_EPS, rngs=rngs)
         self.norm2 = nnx.LayerNorm(cfg.hidden_size, epsilon=LAYER_NORM_EPS, rngs=rngs)
 
